@@ -1,0 +1,374 @@
+"""One client connection, whatever transport carries it.
+
+Life of a connection
+--------------------
+1. The transport creates a :class:`Client` once its handshake succeeded (and,
+   if a token came with the handshake, once the node verified it).
+2. The first command must be ``connect``; anything else closes with 4001. A
+   client that sends nothing within ``connect_timeout`` is closed with 3007.
+3. After connect, commands are answered in order. Replies and pushes share one
+   outbound queue, so a client sees them in the order the server made them.
+4. The connection ends with a disconnect code: sent by the server
+   (:meth:`close`) or observed by the transport (:meth:`transport_closed`).
+
+Outbound queue and writer
+-------------------------
+:meth:`enqueue` appends bytes and counts them. When the queue holds more than
+``client_queue_max_bytes`` the client is too slow: it is disconnected with
+3002 (reconnect and recover) instead of holding memory or slowing others. A
+writer task exists only while there is something to write; it takes the whole
+queue at once and writes it as one newline-delimited frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from kizuna.core.ports import Credentials, Transport
+from kizuna.exceptions import BrokerError, ProtocolError
+from kizuna.protocol import codec
+from kizuna.protocol.codes import DisconnectCode, ErrorCode
+from kizuna.protocol.messages import (
+    ClientInfo,
+    Command,
+    CommandRejected,
+    Connect,
+    History,
+    Ping,
+    Presence,
+    PresenceStats,
+    Publish,
+    Refresh,
+    Subscribe,
+    Unsubscribe,
+)
+
+if TYPE_CHECKING:
+    from kizuna.core.node import Node
+
+__all__ = ["Client", "ClientState"]
+
+
+class ClientState(Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+Handler = Callable[["Client", Any], Coroutine[Any, Any, dict[str, Any] | None]]
+
+
+class Client:
+    """A connection's state, its subscriptions and its outbound queue."""
+
+    __slots__ = (
+        "_expiry_timer",
+        "_queue",
+        "_queued_bytes",
+        "_writer",
+        "credentials",
+        "id",
+        "info",
+        "namespace",
+        "node",
+        "remote_addr",
+        "state",
+        "subscriptions",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        transport: Transport,
+        *,
+        credentials: Credentials | None = None,
+        remote_addr: str = "",
+        namespace: str = "/",
+    ) -> None:
+        self.node = node
+        self.transport = transport
+        self.credentials = credentials
+        self.remote_addr = remote_addr
+        self.namespace = namespace
+        """The metrics label of this connection (a Socket.IO namespace, or '/')."""
+        self.id = secrets.token_hex(8)
+        self.info = ClientInfo(user="", client=self.id)
+        self.state = ClientState.CONNECTING
+        self.subscriptions: set[str] = set()
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} user={self.info.user!r} {self.state.value}>"
+
+    @property
+    def user(self) -> str:
+        return self.info.user
+
+    # --- outbound ------------------------------------------------------------------------
+
+    def enqueue(self, data: bytes) -> None:
+        """Queue bytes for this connection. Never blocks; the hot path of fan-out."""
+        if self.state is ClientState.CLOSED:
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        if self._queued_bytes > self.node.options.client_queue_max_bytes:
+            self._overflow()
+        elif self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _overflow(self) -> None:
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.node.events.slow_client(self.transport.name)
+        self.close_soon(DisconnectCode.SLOW)
+
+    async def _write_loop(self) -> None:
+        events = self.node.events
+        name = self.transport.name
+        try:
+            while self._queue and self.state is not ClientState.CLOSED:
+                batch, self._queue = self._queue, []
+                self._queued_bytes = 0
+                frame = batch[0] if len(batch) == 1 else b"\n".join(batch)
+                await self.transport.write(frame)
+                events.frame_written(name, len(batch), len(frame))
+        except Exception:
+            self._writer = None
+            self.close_soon(DisconnectCode.WRITE_ERROR)
+        else:
+            self._writer = None
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been handed to the transport."""
+        while self._writer is not None:
+            writer = self._writer
+            await asyncio.shield(writer)
+            if self._writer is writer:
+                break
+
+    # --- inbound -------------------------------------------------------------------------
+
+    async def handle_frame(self, frame: bytes | str) -> None:
+        """Decode one inbound frame and answer each command in it, in order."""
+        if len(frame) > self.node.options.max_message_size:
+            await self.close(DisconnectCode.MESSAGE_TOO_LARGE)
+            return
+        try:
+            commands = codec.decode_frame(frame)
+        except ProtocolError as exc:
+            await self.close(DisconnectCode.BAD_REQUEST, exc.message)
+            return
+        for command in commands:
+            if self.state is ClientState.CLOSED:
+                return
+            await self.handle_command(command)
+
+    async def handle_command(self, command: Command | CommandRejected) -> None:
+        started = time.perf_counter()
+        method = _METHOD_NAMES.get(type(command), "unknown")
+        error = 0
+        if isinstance(command, CommandRejected):
+            error = command.code
+            self.enqueue(codec.encode_error_reply(command.id, command.code, command.message))
+        elif self.state is ClientState.CONNECTING and not isinstance(command, Connect):
+            await self.close(DisconnectCode.BAD_REQUEST, "connect first")
+            return
+        else:
+            handler = _HANDLERS[type(command)]
+            try:
+                result = await handler(self, command)
+            except ProtocolError as exc:
+                error = exc.code
+                self.enqueue(codec.encode_error_reply(command.id, exc.code, exc.message))
+            except BrokerError:
+                error = ErrorCode.BROKER_UNAVAILABLE
+                self.enqueue(
+                    codec.encode_error_reply(command.id, error, ErrorCode(error).description)
+                )
+            else:
+                # None: the handler replied itself (subscribe) or closed the connection.
+                if result is not None and self.state is not ClientState.CLOSED:
+                    self.enqueue(codec.encode_reply(command.id, result))
+        self.node.events.command_handled(
+            self.transport.name, method, time.perf_counter() - started, error
+        )
+
+    async def _connect(self, cmd: Connect) -> dict[str, Any] | None:
+        if self.state is ClientState.CONNECTED:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "already connected")
+        credentials = self.credentials
+        if cmd.token:
+            credentials = await self.node.authenticate(cmd.token, self.transport.name)
+        if credentials is None and not self.node.anonymous_allowed:
+            self.node.events.auth_failed(self.transport.name, ErrorCode.UNAUTHORIZED)
+            await self.close(DisconnectCode.UNAUTHORIZED, "token required")
+            return None
+        self.credentials = credentials
+        self.info = ClientInfo(user=credentials.user if credentials else "", client=self.id)
+        code = self.node.register(self)
+        if code is not None:
+            await self.close(code)
+            return None
+        self.state = ClientState.CONNECTED
+        self._schedule_expiry()
+        result: dict[str, Any] = {
+            "client": self.id,
+            "version": self.node.version,
+            "ping": self.node.options.ping_interval,
+        }
+        result.update(self._expiry_fields())
+        return result
+
+    def _expiry_fields(self) -> dict[str, Any]:
+        expires_at = self.credentials.expires_at if self.credentials else None
+        if expires_at is None:
+            return {"expires": False}
+        return {"expires": True, "ttl": max(0, int(expires_at - time.time()))}
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        expires_at = self.credentials.expires_at if self.credentials else None
+        if expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, expires_at - time.time())
+            self._expiry_timer = loop.call_later(
+                delay, self.close_soon, DisconnectCode.TOKEN_EXPIRED
+            )
+
+    async def _refresh(self, cmd: Refresh) -> dict[str, Any]:
+        credentials = await self.node.authenticate(cmd.token, self.transport.name)
+        if self.credentials is not None and credentials.user != self.credentials.user:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "token is for another user")
+        self.credentials = credentials
+        self._schedule_expiry()
+        return self._expiry_fields()
+
+    async def _subscribe(self, cmd: Subscribe) -> None:
+        result, followups = await self.node.subscribe_client(self, cmd.channel, cmd.since)
+        # No await between these: live publications may be queued right after.
+        self.enqueue(codec.encode_reply(cmd.id, result))
+        for data in followups:
+            self.enqueue(data)
+
+    async def _unsubscribe(self, cmd: Unsubscribe) -> dict[str, Any]:
+        if cmd.channel not in self.subscriptions:
+            raise ProtocolError(ErrorCode.NOT_SUBSCRIBED)
+        await self.node.unsubscribe_client(self, cmd.channel)
+        return {}
+
+    async def _publish(self, cmd: Publish) -> dict[str, Any]:
+        options = self.node.rules.check_publish(cmd.channel, self.credentials)
+        position = await self.node.publish(
+            cmd.channel,
+            cmd.data,
+            info=self.info,
+            idempotency_key=cmd.idempotency_key,
+            options=options,
+        )
+        if not position.offset:
+            return {}
+        return {"offset": position.offset, "epoch": position.epoch}
+
+    async def _history(self, cmd: History) -> dict[str, Any]:
+        options = self.node.rules.check_read(cmd.channel, self.credentials)
+        if not options.allow_history or not options.recoverable:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE, "history is off in this namespace")
+        return await self.node.history(cmd.channel, cmd.limit, cmd.since, cmd.reverse)
+
+    async def _presence(self, cmd: Presence) -> dict[str, Any]:
+        options = self.node.rules.check_read(cmd.channel, self.credentials)
+        if not options.presence:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE, "presence is off in this namespace")
+        return await self.node.presence(cmd.channel)
+
+    async def _presence_stats(self, cmd: PresenceStats) -> dict[str, Any]:
+        options = self.node.rules.check_read(cmd.channel, self.credentials)
+        if not options.presence:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE, "presence is off in this namespace")
+        return await self.node.presence_stats(cmd.channel)
+
+    async def _ping(self, cmd: Ping) -> dict[str, Any]:
+        return {}
+
+    # --- closing -------------------------------------------------------------------------
+
+    def close_soon(self, code: DisconnectCode, reason: str | None = None) -> None:
+        """Close from synchronous code (timers, the fan-out path)."""
+        if self.state is not ClientState.CLOSED:
+            self.node.spawn(self.close(code, reason))
+
+    async def close(
+        self, code: DisconnectCode, reason: str | None = None, *, flush: bool = False
+    ) -> None:
+        """Disconnect with ``code``. ``flush`` first writes what is queued (polite shutdown)."""
+        if self.state is ClientState.CLOSED:
+            return
+        if flush:
+            await self.flush()
+        was_connected = self.state is ClientState.CONNECTED
+        self._finish()
+        if was_connected:
+            self.node.events.connection_closed(self.transport.name, self.namespace, code)
+        else:
+            self.node.events.connection_rejected(self.transport.name, code)
+        await self.transport.close(int(code), reason or code.reason)
+
+    def transport_closed(self, code: int) -> None:
+        """The peer went away (or the transport failed) with ``code``."""
+        if self.state is ClientState.CLOSED:
+            return
+        was_connected = self.state is ClientState.CONNECTED
+        self._finish()
+        if was_connected:
+            self.node.events.connection_closed(self.transport.name, self.namespace, code)
+
+    def _finish(self) -> None:
+        self.state = ClientState.CLOSED
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self.node.unregister(self)
+
+
+_HANDLERS: dict[type, Handler] = {
+    Connect: Client._connect,
+    Subscribe: Client._subscribe,
+    Unsubscribe: Client._unsubscribe,
+    Publish: Client._publish,
+    History: Client._history,
+    Presence: Client._presence,
+    PresenceStats: Client._presence_stats,
+    Ping: Client._ping,
+    Refresh: Client._refresh,
+}
+
+_METHOD_NAMES: dict[type, str] = {
+    Connect: "connect",
+    Subscribe: "subscribe",
+    Unsubscribe: "unsubscribe",
+    Publish: "publish",
+    History: "history",
+    Presence: "presence",
+    PresenceStats: "presence_stats",
+    Ping: "ping",
+    Refresh: "refresh",
+    CommandRejected: "invalid",
+}

@@ -1,0 +1,96 @@
+"""The hub: which local connections listen to which channel, and the fan-out.
+
+Fan-out is the hot path. A publication arrives once per node, is encoded
+once (see Node.handle_publication), and :meth:`ChannelSubscribers.broadcast`
+appends the *same bytes object* to every subscriber's outbound queue. No await,
+no log line, no span and no allocation per recipient beyond the queue slot.
+
+A subscriber that is still joining (its subscribe is waiting for the broker or
+reading history to recover) is *pending*: publications for it are buffered with
+their offsets, and the node replays those after the history it read, skipping
+what the history already held. This is what makes recovery exact while
+publications keep flowing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kizuna.core.client import Client
+
+__all__ = ["ChannelSubscribers", "Hub"]
+
+
+class ChannelSubscribers:
+    """The local subscribers of one channel."""
+
+    __slots__ = ("active", "pending")
+
+    def __init__(self) -> None:
+        # dicts used as ordered sets: iteration order is subscription order.
+        self.active: dict[Client, None] = {}
+        self.pending: dict[Client, list[tuple[int, bytes]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.active) + len(self.pending)
+
+    def broadcast(self, data: bytes, offset: int) -> int:
+        """Queue ``data`` to every subscriber; returns how many received it."""
+        for client in self.active:
+            client.enqueue(data)
+        if self.pending:
+            item = (offset, data)
+            for buffer in self.pending.values():
+                buffer.append(item)
+        return len(self.active)
+
+
+class Hub:
+    """channel → local subscribers."""
+
+    __slots__ = ("_channels",)
+
+    def __init__(self) -> None:
+        self._channels: dict[str, ChannelSubscribers] = {}
+
+    def get(self, channel: str) -> ChannelSubscribers | None:
+        return self._channels.get(channel)
+
+    def add_pending(self, channel: str, client: Client) -> bool:
+        """Start a subscription as pending. Returns True if the channel was new here."""
+        subs = self._channels.get(channel)
+        created = subs is None
+        if subs is None:
+            subs = self._channels[channel] = ChannelSubscribers()
+        subs.pending[client] = []
+        return created
+
+    def activate(self, channel: str, client: Client) -> list[tuple[int, bytes]]:
+        """Make a pending subscription active; returns what was buffered meanwhile."""
+        subs = self._channels[channel]
+        buffered = subs.pending.pop(client)
+        subs.active[client] = None
+        return buffered
+
+    def remove(self, channel: str, client: Client) -> bool:
+        """Remove a subscription. Returns True if the channel has no local subscriber left."""
+        subs = self._channels.get(channel)
+        if subs is None:
+            return False
+        subs.active.pop(client, None)
+        subs.pending.pop(client, None)
+        if not subs:
+            del self._channels[channel]
+            return True
+        return False
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def subscriber_count(self, channel: str) -> int:
+        subs = self._channels.get(channel)
+        return len(subs) if subs is not None else 0
+
+    def __len__(self) -> int:
+        return len(self._channels)

@@ -1,0 +1,362 @@
+"""The Node owns everything on one server process.
+
+It holds the connected clients, the hub, the broker and presence store, the
+authenticator and the channel rules, and implements the operations every edge
+shares — subscribe with recovery, publish, history, presence — so that
+WebSocket, SSE, long-poll, Socket.IO, gRPC and the HTTP API behave the same.
+
+Subscribe, step by step
+-----------------------
+1. Check the channel rules, the token's channels and the per-connection limit.
+2. Register the client in the hub as *pending*; publications that arrive from
+   now on are buffered for it with their offsets.
+3. Make sure this node's broker subscription to the channel exists (one per
+   node and channel, shared by all local subscribers).
+4. Read the channel's position, or, when the client asked to recover, the
+   history after its position. Recovery is all-or-nothing: if the epoch
+   changed or the history no longer reaches back far enough, the client gets
+   ``recovered: false`` and no publications — never a silent gap.
+5. Activate the subscription: reply, then replay the buffered publications
+   newer than what the reply carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from kizuna import __version__
+from kizuna.core.channels import ChannelRules, namespace_of
+from kizuna.core.client import Client, ClientState
+from kizuna.core.events import NodeEvents, NoEvents
+from kizuna.core.hub import Hub
+from kizuna.core.options import NamespaceOptions, NodeOptions
+from kizuna.core.ports import (
+    Authenticator,
+    Broker,
+    Credentials,
+    PresenceStore,
+    PublishOptions,
+)
+from kizuna.exceptions import AuthError, BrokerError, ProtocolError
+from kizuna.protocol import codec
+from kizuna.protocol.codes import DisconnectCode, ErrorCode
+from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
+
+__all__ = ["Node"]
+
+_T = TypeVar("_T")
+
+
+class Node:
+    """One kizuna server process: clients, hub, broker, presence, auth."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceStore,
+        *,
+        authenticator: Authenticator | None = None,
+        options: NodeOptions | None = None,
+        events: NodeEvents | None = None,
+    ) -> None:
+        self.broker = broker
+        self.presence_store = presence
+        self.authenticator = authenticator
+        self.options = options or NodeOptions()
+        self.events: NodeEvents = events or NoEvents()
+        self.rules = ChannelRules(self.options.namespaces)
+        self.hub = Hub()
+        self.version = __version__
+        self.clients: dict[str, Client] = {}
+        self.users: dict[str, set[Client]] = {}
+        self.anonymous_allowed = any(ns.allow_anonymous for ns in self.options.namespaces.values())
+        self.draining = False
+        self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+
+    async def shutdown(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
+        """Close every client with ``code`` (after flushing what is queued), then the broker."""
+        self.draining = True
+        clients = list(self.clients.values())
+        await asyncio.gather(*(c.close(code, flush=True) for c in clients))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.broker.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def ready(self) -> bool:
+        return not self.draining and await self.broker.healthy()
+
+    # --- clients -------------------------------------------------------------------------
+
+    async def authenticate(self, token: str, transport: str) -> Credentials:
+        if self.authenticator is None:
+            raise AuthError(ErrorCode.UNAUTHORIZED, "authentication is not configured")
+        try:
+            return await self.authenticator.authenticate(token)
+        except AuthError as exc:
+            self.events.auth_failed(transport, exc.code)
+            raise
+
+    def register(self, client: Client) -> DisconnectCode | None:
+        """Admit a client that sent connect; returns a disconnect code if a limit refuses it."""
+        opts = self.options
+        if self.draining:
+            return DisconnectCode.SHUTDOWN
+        if opts.max_connections and len(self.clients) >= opts.max_connections:
+            return DisconnectCode.CONNECTION_LIMIT
+        user_clients = self.users.get(client.user)
+        if (
+            client.user
+            and opts.max_connections_per_user
+            and user_clients is not None
+            and len(user_clients) >= opts.max_connections_per_user
+        ):
+            return DisconnectCode.CONNECTION_LIMIT
+        self.clients[client.id] = client
+        if client.user:
+            self.users.setdefault(client.user, set()).add(client)
+        self.events.connection_opened(client.transport.name, client.namespace)
+        return None
+
+    def unregister(self, client: Client) -> None:
+        """Forget a client that is closing: its subscriptions, presence, user entry."""
+        if self.clients.pop(client.id, None) is None:
+            return
+        user_clients = self.users.get(client.user)
+        if user_clients is not None:
+            user_clients.discard(client)
+            if not user_clients:
+                del self.users[client.user]
+        for channel in list(client.subscriptions):
+            self._drop_subscription(client, channel)
+
+    async def disconnect_user(
+        self, user: str, code: DisconnectCode = DisconnectCode.FORBIDDEN
+    ) -> int:
+        """Close every connection of ``user`` on this node; returns how many."""
+        clients = list(self.users.get(user, ()))
+        await asyncio.gather(*(c.close(code) for c in clients))
+        return len(clients)
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    async def subscribe_client(
+        self, client: Client, channel: str, since: StreamPosition | None
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Subscribe ``client``; returns the reply result and the pushes that must follow it.
+
+        The caller queues the reply and then those pushes *without awaiting in
+        between*: from the moment this returns, live publications go straight
+        to the client's queue, and they must come after the buffered ones.
+        """
+        options = self.rules.check_subscribe(channel, client.credentials)
+        if channel in client.subscriptions:
+            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        limit = self.options.max_channels_per_connection
+        if limit and len(client.subscriptions) >= limit:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} channels")
+        if since is not None and not options.recoverable:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE, "no history to recover from here")
+
+        client.subscriptions.add(channel)
+        self.hub.add_pending(channel, client)
+        try:
+            await self._ensure_broker_subscription(channel)
+            result, last_offset = await self._position_or_recovery(channel, options, since)
+            if options.presence:
+                await self._broker_call(
+                    "presence_add",
+                    self.presence_store.add_presence(
+                        channel, client.info, self.options.presence_ttl
+                    ),
+                )
+        except BaseException:
+            self._drop_subscription(client, channel, announce=False)
+            raise
+        if client.state is ClientState.CLOSED or channel not in client.subscriptions:
+            return result, []
+        buffered = self.hub.activate(channel, client)
+        if options.join_leave:
+            self.spawn(self._broker_call("join", self.broker.publish_join(channel, client.info)))
+        return result, [data for offset, data in buffered if offset == 0 or offset > last_offset]
+
+    async def _position_or_recovery(
+        self, channel: str, options: NamespaceOptions, since: StreamPosition | None
+    ) -> tuple[dict[str, Any], int]:
+        """The subscribe result and the last offset it covers."""
+        if not options.recoverable:
+            return {}, 0
+        if since is None:
+            top = (
+                await self._broker_call("history", self.broker.history(channel, limit=0))
+            ).position
+            return {"recoverable": True, "offset": top.offset, "epoch": top.epoch}, top.offset
+        history = await self._broker_call(
+            "history",
+            self.broker.history(channel, since=since, limit=self.options.history_max_limit + 1),
+        )
+        top = history.position
+        pubs = history.publications
+        recovered = (
+            since.epoch == top.epoch
+            and len(pubs) <= self.options.history_max_limit
+            and (
+                (not pubs and since.offset == top.offset)
+                or (bool(pubs) and pubs[0].offset == since.offset + 1)
+            )
+        )
+        self.events.recovery(recovered)
+        result: dict[str, Any] = {
+            "recoverable": True,
+            "offset": top.offset,
+            "epoch": top.epoch,
+            "recovered": recovered,
+        }
+        if recovered:
+            result["publications"] = [codec.encode_publication(p) for p in pubs]
+        return result, top.offset
+
+    async def unsubscribe_client(self, client: Client, channel: str) -> None:
+        self._drop_subscription(client, channel)
+
+    def _drop_subscription(self, client: Client, channel: str, *, announce: bool = True) -> None:
+        """Forget one subscription; its broker, presence and leave work runs in the background."""
+        client.subscriptions.discard(channel)
+        if self.hub.remove(channel, client):
+            self.spawn(self._release_broker_subscription(channel))
+        if not announce:
+            return
+        try:
+            options = self.rules.options(channel)
+        except ProtocolError:
+            return
+        if options.presence:
+            self.spawn(
+                self._broker_call(
+                    "presence_remove", self.presence_store.remove_presence(channel, client.id)
+                )
+            )
+        if options.join_leave:
+            self.spawn(self._broker_call("leave", self.broker.publish_leave(channel, client.info)))
+
+    async def _ensure_broker_subscription(self, channel: str) -> None:
+        ready = self._broker_subscriptions.get(channel)
+        if ready is not None:
+            await asyncio.shield(ready)
+            return
+        ready = asyncio.get_running_loop().create_future()
+        self._broker_subscriptions[channel] = ready
+        try:
+            await self._broker_call("subscribe", self.broker.subscribe(channel))
+        except BaseException as exc:
+            del self._broker_subscriptions[channel]
+            ready.set_exception(exc)
+            ready.exception()  # mark retrieved; waiters get it through shield
+            raise
+        ready.set_result(None)
+
+    async def _release_broker_subscription(self, channel: str) -> None:
+        ready = self._broker_subscriptions.get(channel)
+        if ready is None or not ready.done() or self.hub.get(channel) is not None:
+            return
+        del self._broker_subscriptions[channel]
+        await self._broker_call("unsubscribe", self.broker.unsubscribe(channel))
+
+    # --- operations shared by every edge -------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        idempotency_key: str | None = None,
+        options: NamespaceOptions | None = None,
+        traceparent: str | None = None,
+    ) -> StreamPosition:
+        """Publish ``data`` (JSON bytes) to ``channel`` on every node."""
+        if options is None:
+            options = self.rules.options(channel)
+        pub = Publication(data, 0, info, time.time(), traceparent)
+        publish_options = PublishOptions(
+            history_size=options.history_size,
+            history_ttl=options.history_ttl,
+            idempotency_key=idempotency_key,
+        )
+        return await self._broker_call(
+            "publish", self.broker.publish(channel, pub, publish_options)
+        )
+
+    async def history(
+        self,
+        channel: str,
+        limit: int | None = None,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> dict[str, Any]:
+        cap = self.options.history_max_limit
+        limit = cap if limit is None else min(limit, cap)
+        result = await self._broker_call(
+            "history", self.broker.history(channel, since=since, limit=limit, reverse=reverse)
+        )
+        return {
+            "publications": [codec.encode_publication(p) for p in result.publications],
+            "offset": result.position.offset,
+            "epoch": result.position.epoch,
+        }
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        entries = await self._broker_call("presence", self.presence_store.presence(channel))
+        return {
+            "clients": {cid: {"user": i.user, "client": i.client} for cid, i in entries.items()}
+        }
+
+    async def presence_stats(self, channel: str) -> dict[str, Any]:
+        clients, users = await self._broker_call(
+            "presence_stats", self.presence_store.presence_stats(channel)
+        )
+        return {"num_clients": clients, "num_users": users}
+
+    async def _broker_call(self, operation: str, call: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            result = await call
+        except BrokerError:
+            self.events.broker_operation(operation, False)
+            raise
+        self.events.broker_operation(operation, True)
+        return result
+
+    # --- BrokerEventHandler --------------------------------------------------------------
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        subscribers = self.hub.get(channel)
+        if subscribers is None:
+            return
+        data = codec.encode_publication_push(channel, pub, epoch)
+        recipients = subscribers.broadcast(data, pub.offset)
+        latency = time.time() - pub.published_at if pub.published_at else 0.0
+        self.events.fanned_out(namespace_of(channel), recipients, latency)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        subscribers = self.hub.get(channel)
+        if subscribers is not None:
+            subscribers.broadcast(codec.encode_join_push(channel, info), 0)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        subscribers = self.hub.get(channel)
+        if subscribers is not None:
+            subscribers.broadcast(codec.encode_leave_push(channel, info), 0)

@@ -1,0 +1,57 @@
+"""Metrics, logs and traces, attached to the core's hook events.
+
+:class:`Observer` is the NodeEvents a server attaches to its Node: it updates
+the Prometheus metrics and writes the log lines. Every metric name and log
+event lives in this package, none in the core.
+"""
+
+from __future__ import annotations
+
+from kizuna.observability.logging import LogEvents, configure_logging, get_logger
+from kizuna.observability.metrics import Metrics
+
+__all__ = ["LogEvents", "Metrics", "Observer", "configure_logging", "get_logger"]
+
+
+class Observer:
+    """NodeEvents for a running server: metrics plus logs."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.logs = LogEvents()
+
+    def connection_opened(self, transport: str, namespace: str) -> None:
+        self.metrics.connection_opened(transport, namespace)
+        self.logs.connection_opened(transport, namespace)
+
+    def connection_rejected(self, transport: str, code: int) -> None:
+        self.metrics.connection_rejected(transport, code)
+        self.logs.connection_rejected(transport, code)
+
+    def connection_closed(self, transport: str, namespace: str, code: int) -> None:
+        self.metrics.connection_closed(transport, namespace, code)
+        self.logs.connection_closed(transport, namespace, code)
+
+    def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
+        self.metrics.command_handled(transport, method, seconds, error)
+
+    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
+        self.metrics.fanned_out(namespace, recipients, latency)
+
+    def slow_client(self, transport: str) -> None:
+        self.metrics.slow_client(transport)
+        self.logs.slow_client(transport)
+
+    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
+        self.metrics.frame_written(transport, messages, nbytes)
+
+    def recovery(self, recovered: bool) -> None:
+        self.metrics.recovery(recovered)
+
+    def auth_failed(self, transport: str, code: int) -> None:
+        self.metrics.auth_failed(transport, code)
+        self.logs.auth_failed(transport, code)
+
+    def broker_operation(self, operation: str, ok: bool) -> None:
+        self.metrics.broker_operation(operation, ok)
+        self.logs.broker_operation(operation, ok)

@@ -1,0 +1,223 @@
+"""Prometheus metrics, attached to the core's hook events.
+
+Every metric kizuna exports is defined here and nowhere else. Labels stay
+low-cardinality — transport, namespace, method, code, operation — never a
+channel or a user. Child metrics for the hot path (frame writes, fan-out) are
+bound once and cached, so an event costs a dict lookup and an increment.
+
+The guide's five metrics keep their names (``websocket_*``) so its queries,
+dashboards and alert rules work as written; they count every transport, with a
+``transport`` label to tell them apart. kizuna's own metrics are ``kizuna_*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
+# ``*_created`` series double the series count and no dashboard or alert reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MESSAGE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+"""The guide's buckets for command processing, plus 0.5 ms."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Publish → deliver latency buckets; the SLO alert uses the 0.1 s bucket."""
+
+
+class _Gauges(Collector):
+    """Gauges read at scrape time from the node (queue depth, channels, readiness)."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Any:
+        values = self._read()
+        yield GaugeMetricFamily(
+            "kizuna_client_queue_bytes",
+            "Bytes waiting in outbound queues, summed over connections",
+            value=values.get("queue_bytes", 0.0),
+        )
+        yield GaugeMetricFamily(
+            "kizuna_channels_active",
+            "Channels with at least one subscriber on this node",
+            value=values.get("channels", 0.0),
+        )
+        yield GaugeMetricFamily(
+            "kizuna_broker_up",
+            "1 when the broker is reachable, 0 when not",
+            value=values.get("broker_up", 0.0),
+        )
+
+
+class Metrics:
+    """Implements core.events.NodeEvents by updating Prometheus metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Counter(
+            "websocket_connections",
+            "Connection attempts by outcome (accepted or rejected)",
+            ["transport", "status"],
+            registry=r,
+        )
+        self.active = Gauge(
+            "websocket_active_connections",
+            "Connected clients",
+            ["transport", "namespace"],
+            registry=r,
+        )
+        self.message_duration = Histogram(
+            "websocket_message_duration_seconds",
+            "Time to handle one client command",
+            ["transport", "method"],
+            buckets=MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "websocket_errors",
+            "Commands answered with an error, and refused connections, by code",
+            ["transport", "code"],
+            registry=r,
+        )
+        self.disconnections = Counter(
+            "websocket_disconnections",
+            "Connections that ended, by disconnect code",
+            ["transport", "code"],
+            registry=r,
+        )
+        self.messages_sent = Counter(
+            "kizuna_messages_sent",
+            "Messages written to clients (replies and pushes)",
+            ["transport"],
+            registry=r,
+        )
+        self.frames_sent = Counter(
+            "kizuna_frames_sent",
+            "Frames written to clients; messages/frames is the coalescing factor",
+            ["transport"],
+            registry=r,
+        )
+        self.bytes_sent = Counter(
+            "kizuna_bytes_sent", "Bytes written to clients", ["transport"], registry=r
+        )
+        self.commands = Counter(
+            "kizuna_commands",
+            "Client commands handled",
+            ["transport", "method"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "kizuna_deliveries",
+            "Publications queued to local subscribers",
+            ["namespace"],
+            registry=r,
+        )
+        self.publications = Counter(
+            "kizuna_publications_fanned_out",
+            "Publications this node fanned out to at least its hub",
+            ["namespace"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "kizuna_delivery_latency_seconds",
+            "Seconds from publish to fan-out on the delivering node",
+            ["namespace"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slow_clients = Counter(
+            "kizuna_slow_client_disconnects",
+            "Connections closed because their outbound queue overflowed",
+            ["transport"],
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "kizuna_recoveries",
+            "Subscribe-with-recovery outcomes",
+            ["result"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "kizuna_auth_failures", "Refused tokens", ["transport", "code"], registry=r
+        )
+        self.broker_operations = Counter(
+            "kizuna_broker_operations", "Broker calls", ["operation"], registry=r
+        )
+        self.broker_errors = Counter(
+            "kizuna_broker_errors", "Failed broker calls", ["operation"], registry=r
+        )
+        self.broker_reconnects = Counter(
+            "kizuna_broker_reconnects", "Times the broker connection was re-established", registry=r
+        )
+        self._writes: dict[str, tuple[Any, Any, Any]] = {}
+        self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
+
+    def watch(self, read: Callable[[], dict[str, float]]) -> None:
+        """Export scrape-time gauges read from ``read``."""
+        self.registry.register(_Gauges(read))
+
+    # --- NodeEvents ----------------------------------------------------------------------
+
+    def connection_opened(self, transport: str, namespace: str) -> None:
+        self.connections.labels(transport, "accepted").inc()
+        self.active.labels(transport, namespace).inc()
+
+    def connection_rejected(self, transport: str, code: int) -> None:
+        self.connections.labels(transport, "rejected").inc()
+        self.errors.labels(transport, str(code)).inc()
+
+    def connection_closed(self, transport: str, namespace: str, code: int) -> None:
+        self.active.labels(transport, namespace).dec()
+        self.disconnections.labels(transport, str(code)).inc()
+
+    def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
+        self.message_duration.labels(transport, method).observe(seconds)
+        self.commands.labels(transport, method).inc()
+        if error:
+            self.errors.labels(transport, str(error)).inc()
+
+    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
+        bound = self._fanouts.get(namespace)
+        if bound is None:
+            bound = self._fanouts[namespace] = (
+                self.deliveries.labels(namespace),
+                self.publications.labels(namespace),
+                self.delivery_latency.labels(namespace),
+            )
+        bound[0].inc(recipients)
+        bound[1].inc()
+        if latency > 0:
+            bound[2].observe(latency)
+
+    def slow_client(self, transport: str) -> None:
+        self.slow_clients.labels(transport).inc()
+
+    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
+        bound = self._writes.get(transport)
+        if bound is None:
+            bound = self._writes[transport] = (
+                self.messages_sent.labels(transport),
+                self.frames_sent.labels(transport),
+                self.bytes_sent.labels(transport),
+            )
+        bound[0].inc(messages)
+        bound[1].inc()
+        bound[2].inc(nbytes)
+
+    def recovery(self, recovered: bool) -> None:
+        self.recoveries.labels("recovered" if recovered else "not_recovered").inc()
+
+    def auth_failed(self, transport: str, code: int) -> None:
+        self.auth_failures.labels(transport, str(code)).inc()
+
+    def broker_operation(self, operation: str, ok: bool) -> None:
+        self.broker_operations.labels(operation).inc()
+        if not ok:
+            self.broker_errors.labels(operation).inc()

@@ -1,0 +1,172 @@
+"""Assemble a kizuna server from a Config: node, broker, auth, edges, one ASGI app.
+
+One ASGI app serves the native WebSocket endpoint, the HTTP API, ``/metrics``,
+``/healthz``, ``/readyz`` and the static pages. The WebSocket endpoint is
+dispatched before Starlette's router: it is the hot path and needs nothing
+from the framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from kizuna.broker import create_broker
+from kizuna.config import Config
+from kizuna.core.auth import JWTAuthenticator, JWTSettings
+from kizuna.core.node import Node
+from kizuna.observability import Metrics, Observer
+from kizuna.transports.common import HandshakeSettings
+from kizuna.transports.http_api import api_routes, json_response
+from kizuna.transports.websocket import WebSocketEndpoint
+
+__all__ = ["Server", "build_server", "dev_secret"]
+
+WEBSOCKET_PATH = "/connection/websocket"
+
+
+def dev_secret() -> str:
+    """A random HS256 secret for a development server started without one."""
+    return secrets.token_urlsafe(32)
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("kizuna") / "web" / "static"))
+
+
+class Server:
+    """A configured node and the ASGI app that exposes it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        broker, presence = create_broker(config.broker)
+        authenticator = None
+        if config.jwt_secret or config.jwt_public_key or config.jwks_url:
+            authenticator = JWTAuthenticator(
+                JWTSettings(
+                    secret=config.jwt_secret,
+                    previous_secret=config.jwt_previous_secret,
+                    public_key=config.public_key_pem(),
+                    jwks_url=config.jwks_url,
+                    audience=config.jwt_audience,
+                    issuer=config.jwt_issuer,
+                )
+            )
+        self.metrics = Metrics()
+        self.node = Node(
+            broker,
+            presence,
+            authenticator=authenticator,
+            options=config.node_options(),
+            events=Observer(self.metrics),
+        )
+        self.broker_up = 0.0
+        self.metrics.watch(self._scrape_gauges)
+        handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
+        self.websocket = WebSocketEndpoint(self.node, handshake)
+        self.http = self._build_http()
+
+    def _scrape_gauges(self) -> dict[str, float]:
+        return {
+            "queue_bytes": float(sum(c.queued_bytes for c in self.node.clients.values())),
+            "channels": float(len(self.node.hub)),
+            "broker_up": self.broker_up,
+        }
+
+    def _build_http(self) -> Starlette:
+        routes: list[Any] = [
+            Route("/healthz", self._healthz),
+            Route("/readyz", self._readyz),
+        ]
+        if self.config.metrics:
+            routes.append(Route("/metrics", self._metrics))
+        if self.config.api_key:
+            routes.extend(api_routes(self.node, self.config.api_key, self.config.max_message_size))
+        static = _static_dir()
+        routes.append(Route("/", self._page("index.html")))
+        routes.append(Route("/dashboard", self._page("dashboard.html")))
+        routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.node.start()
+        self.broker_up = 1.0
+        try:
+            yield
+        finally:
+            await self.node.shutdown()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
+            await self.websocket(scope, receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+    @staticmethod
+    def _page(name: str) -> Any:
+        path = _static_dir() / name
+
+        async def page(request: Request) -> Response:
+            return FileResponse(path, media_type="text/html")
+
+        return page
+
+    async def _healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        ready = await self.node.ready()
+        self.broker_up = 1.0 if ready or self.node.draining else 0.0
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def _metrics(self, request: Request) -> Response:
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            text = generate_openmetrics(self.metrics.registry)  # type: ignore[no-untyped-call]
+            return Response(text, media_type=OPENMETRICS_CONTENT_TYPE)
+        body = generate_latest(self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def uvicorn_config(self) -> uvicorn.Config:
+        cfg = self.config
+        return uvicorn.Config(
+            self,
+            host=cfg.host,
+            port=cfg.port,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            # The framing layer refuses to buffer frames far over the limit (1009);
+            # frames just over it reach the client and close with 4004.
+            ws_max_size=cfg.max_message_size * 2,
+            ws_ping_interval=cfg.ping_interval,
+            ws_ping_timeout=cfg.ping_timeout,
+            ws_per_message_deflate=cfg.websocket_compression,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+
+    async def serve(self) -> None:
+        await uvicorn.Server(self.uvicorn_config()).serve()
+
+
+def build_server(config: Config) -> Server:
+    return Server(config)

@@ -1,0 +1,1 @@
+"""Thin adapters between I/O and core.Client: framing and lifecycle only."""

@@ -1,0 +1,119 @@
+"""The native protocol over WebSocket, as a raw ASGI endpoint.
+
+Framing, heartbeats and the close handshake belong to uvicorn's
+``websockets-sansio`` protocol (the ``websockets`` library's sans-I/O core);
+this module only moves frames between ASGI and :class:`~kizuna.core.client.Client`:
+
+1. Before the upgrade: check the Origin (403) and, if the handshake carries a
+   token (``Authorization: Bearer`` or ``?token=``), verify it (401). Both
+   refusals are plain HTTP responses with a JSON error body, sent before the
+   101, so a browser page never gets a socket it may not have.
+2. Accept, then hand every text or binary message to the client.
+3. The connect command must arrive within ``connect_timeout`` (3007).
+4. When the peer goes, tell the client; when the client closes, send a close
+   frame carrying the disconnect code (RFC 6455 §7.4.2: 3000–4999 are ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kizuna.core.client import Client, ClientState
+from kizuna.core.node import Node
+from kizuna.exceptions import AuthError
+from kizuna.protocol.codes import DisconnectCode
+from kizuna.transports.common import HandshakeSettings, check_handshake, deny_body
+
+__all__ = ["WebSocketEndpoint", "WebSocketTransport"]
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class WebSocketTransport:
+    """Transport port over an ASGI WebSocket ``send``."""
+
+    __slots__ = ("_closed", "_send")
+
+    name = "websocket"
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._closed = False
+
+    async def write(self, frame: bytes) -> None:
+        # Text frames: every browser and client library hands JSON text straight to the app.
+        await self._send({"type": "websocket.send", "text": frame.decode()})
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        except Exception:  # the peer is already gone: nothing left to tell it
+            return
+
+
+class WebSocketEndpoint:
+    """ASGI app for ``/connection/websocket``."""
+
+    def __init__(self, node: Node, settings: HandshakeSettings) -> None:
+        self.node = node
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        verdict = await check_handshake(self.node, self.settings, scope, WebSocketTransport.name)
+        if verdict.error is not None:
+            await self._deny(scope, send, verdict.status, verdict.error)
+            return
+        await send({"type": "websocket.accept"})
+        transport = WebSocketTransport(send)
+        client = Client(
+            self.node,
+            transport,
+            credentials=verdict.credentials,
+            remote_addr=verdict.remote_addr,
+        )
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.node.options.connect_timeout, _connect_deadline, client)
+        try:
+            await self._serve(client, receive)
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    async def _serve(client: Client, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await client.handle_frame(data)
+            elif kind == "websocket.disconnect":
+                client.transport_closed(int(message.get("code", 1006)))
+                return
+
+    @staticmethod
+    async def _deny(scope: Scope, send: Send, status: int, error: AuthError) -> None:
+        body = deny_body(error)
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(b"content-type", b"application/json")]
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:  # servers without the denial-response extension answer a bare 403
+            await send({"type": "websocket.close", "code": 1008})
+
+
+def _connect_deadline(client: Client) -> None:
+    if client.state is ClientState.CONNECTING:
+        client.close_soon(DisconnectCode.CONNECT_TIMEOUT)
