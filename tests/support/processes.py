@@ -1,0 +1,226 @@
+"""Start real processes for tests: ``kizuna serve`` and ``redis-server``, each on a free port.
+
+Nothing here mocks a component: the server is the installed ``kizuna``
+console script in a subprocess, Redis is the ``redis-server`` binary on PATH.
+Every process is stopped (and its output kept for the failure report) when
+the test that started it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "API_KEY",
+    "JWT_SECRET",
+    "KizunaProcess",
+    "RedisProcess",
+    "free_port",
+    "wait_for_port",
+]
+
+JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+API_KEY = "test-api-key"
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _kizuna_command() -> list[str]:
+    script = Path(sys.executable).with_name("kizuna")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "kizuna.cli"]
+
+
+@dataclass
+class KizunaProcess:
+    """A ``kizuna serve`` subprocess. Use as a context manager, or call start()/stop()."""
+
+    args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    jwt_secret: str = JWT_SECRET
+    api_key: str = API_KEY
+    process: subprocess.Popen[bytes] | None = None
+    _log: object = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    def start(self, timeout: float = 15.0) -> KizunaProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
+        env.update(
+            {
+                "KIZUNA_JWT_SECRET": self.jwt_secret,
+                "KIZUNA_API_KEY": self.api_key,
+                "KIZUNA_GRPC_PORT": "0",
+                "KIZUNA_LOG_LEVEL": "warning",
+            }
+        )
+        env.update(self.env)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [
+                *_kizuna_command(),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"kizuna exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"kizuna not healthy after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        log = self._log
+        if log is None:
+            return ""
+        log.seek(0)  # type: ignore[attr-defined]
+        return log.read().decode(errors="replace")  # type: ignore[attr-defined]
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time. Returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def api(self, method: str, **params: object) -> httpx.Response:
+        """Call the server HTTP API."""
+        return httpx.post(
+            f"{self.url}/api/{method}",
+            json=params,
+            headers={"Authorization": f"apikey {self.api_key}"},
+            timeout=5,
+        )
+
+    def __enter__(self) -> KizunaProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class RedisProcess:
+    """A private ``redis-server`` on a free port (never the machine's default instance)."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    args: Sequence[str] = ()
+    dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="kizuna-redis-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
