@@ -1,0 +1,141 @@
+"""JWT verification: the attacks that must fail, and the claims that must be there."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kizuna.core.auth import JWTAuthenticator, JWTSettings, mint_token
+from kizuna.exceptions import AuthError, ConfigError
+from kizuna.protocol.codes import ErrorCode
+
+SECRET = "unit-test-secret-0123456789abcdef0123"
+OTHER = "another-secret-0123456789abcdef012345"
+
+
+def hs(claims: dict[str, object], secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def soon() -> int:
+    return int(time.time()) + 60
+
+
+async def refused(auth: JWTAuthenticator, token: str) -> int:
+    with pytest.raises(AuthError) as info:
+        await auth.authenticate(token)
+    return int(info.value.code)
+
+
+async def test_valid_hs256_token() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    creds = await auth.authenticate(hs({"sub": "alice", "exp": soon(), "channels": ["chat:*"]}))
+    assert creds.user == "alice"
+    assert creds.channels == ("chat:*",)
+    assert creds.expires_at is not None and creds.expires_at > time.time()
+
+
+async def test_minted_token_verifies() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    creds = await auth.authenticate(mint_token(SECRET, "bob", ttl=30, channels=["a:b"]))
+    assert (creds.user, creds.channels) == ("bob", ("a:b",))
+
+
+async def test_expired_token_is_109() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    code = await refused(auth, hs({"sub": "a", "exp": int(time.time()) - 5}))
+    assert code == ErrorCode.TOKEN_EXPIRED
+
+
+@pytest.mark.parametrize(
+    "claims", [{"sub": "a"}, {"exp": soon()}, {"sub": "", "exp": soon()}, {"sub": 5, "exp": soon()}]
+)
+async def test_missing_or_bad_required_claims(claims: dict[str, object]) -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    assert await refused(auth, hs(claims)) == ErrorCode.UNAUTHORIZED
+
+
+async def test_channels_claim_must_be_a_list_of_strings() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    token = hs({"sub": "a", "exp": soon(), "channels": "chat:*"})
+    assert await refused(auth, token) == ErrorCode.UNAUTHORIZED
+
+
+async def test_wrong_signature() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    assert await refused(auth, hs({"sub": "a", "exp": soon()}, OTHER)) == ErrorCode.UNAUTHORIZED
+
+
+def _b64(obj: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+async def test_alg_none_is_refused() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    token = _b64({"alg": "none", "typ": "JWT"}) + "." + _b64({"sub": "a", "exp": soon()}) + "."
+    assert await refused(auth, token) == ErrorCode.UNAUTHORIZED
+
+
+async def test_rs256_public_key_used_as_hs256_secret_is_refused() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    auth = JWTAuthenticator(JWTSettings(public_key=pem))
+    good = jwt.encode({"sub": "a", "exp": soon()}, key, algorithm="RS256")
+    assert (await auth.authenticate(good)).user == "a"
+    # The classic key-confusion attack: sign HS256 with the public key's PEM bytes.
+    header = _b64({"alg": "HS256", "typ": "JWT"})
+    body = _b64({"sub": "attacker", "exp": soon()})
+    import hashlib
+    import hmac
+
+    sig = hmac.new(pem.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{header}.{body}." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+    assert await refused(auth, forged) == ErrorCode.UNAUTHORIZED
+
+
+async def test_es256_public_key() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    auth = JWTAuthenticator(JWTSettings(public_key=pem))
+    assert (
+        await auth.authenticate(jwt.encode({"sub": "e", "exp": soon()}, key, "ES256"))
+    ).user == "e"
+    rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    wrong_family = jwt.encode({"sub": "e", "exp": soon()}, rs, "RS256")
+    assert await refused(auth, wrong_family) == ErrorCode.UNAUTHORIZED
+
+
+async def test_audience_and_issuer_checked_when_configured() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET, audience="kizuna", issuer="idp"))
+    good = hs({"sub": "a", "exp": soon(), "aud": "kizuna", "iss": "idp"})
+    assert (await auth.authenticate(good)).user == "a"
+    assert await refused(auth, hs({"sub": "a", "exp": soon(), "aud": "other", "iss": "idp"})) == 101
+    assert await refused(auth, hs({"sub": "a", "exp": soon(), "aud": "kizuna", "iss": "x"})) == 101
+    assert await refused(auth, hs({"sub": "a", "exp": soon()})) == 101
+
+
+async def test_previous_secret_accepted_during_rotation() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET, previous_secret=OTHER))
+    assert (await auth.authenticate(hs({"sub": "old", "exp": soon()}, OTHER))).user == "old"
+    assert (await auth.authenticate(hs({"sub": "new", "exp": soon()}))).user == "new"
+
+
+def test_no_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        JWTAuthenticator(JWTSettings())
+    with pytest.raises(ConfigError):
+        JWTAuthenticator(JWTSettings(public_key="not a pem"))
