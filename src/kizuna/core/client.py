@@ -213,18 +213,8 @@ class Client:
         credentials = self.credentials
         if cmd.token:
             credentials = await self.node.authenticate(cmd.token, self.transport.name)
-        if credentials is None and not self.node.anonymous_allowed:
-            self.node.events.auth_failed(self.transport.name, ErrorCode.UNAUTHORIZED)
-            await self.close(DisconnectCode.UNAUTHORIZED, "token required")
+        if not await self.accept(credentials):
             return None
-        self.credentials = credentials
-        self.info = ClientInfo(user=credentials.user if credentials else "", client=self.id)
-        code = self.node.register(self)
-        if code is not None:
-            await self.close(code)
-            return None
-        self.state = ClientState.CONNECTED
-        self._schedule_expiry()
         result: dict[str, Any] = {
             "client": self.id,
             "version": self.node.version,
@@ -232,6 +222,27 @@ class Client:
         }
         result.update(self._expiry_fields())
         return result
+
+    async def accept(self, credentials: Credentials | None) -> bool:
+        """Admit this connection as ``credentials`` (None: anonymous).
+
+        The connect command ends here; transports without a connect command
+        (SSE, Socket.IO, gRPC) call it directly after their handshake. On
+        refusal the connection is closed with the code and False returned.
+        """
+        if credentials is None and not self.node.anonymous_allowed:
+            self.node.events.auth_failed(self.transport.name, ErrorCode.UNAUTHORIZED)
+            await self.close(DisconnectCode.UNAUTHORIZED, "token required")
+            return False
+        self.credentials = credentials
+        self.info = ClientInfo(user=credentials.user if credentials else "", client=self.id)
+        code = self.node.register(self)
+        if code is not None:
+            await self.close(code)
+            return False
+        self.state = ClientState.CONNECTED
+        self._schedule_expiry()
+        return True
 
     def _expiry_fields(self) -> dict[str, Any]:
         expires_at = self.credentials.expires_at if self.credentials else None
@@ -260,10 +271,10 @@ class Client:
         return self._expiry_fields()
 
     async def _subscribe(self, cmd: Subscribe) -> None:
-        result, followups = await self.node.subscribe_client(self, cmd.channel, cmd.since)
+        sub = await self.node.subscribe_client(self, cmd.channel, cmd.since)
         # No await between these: live publications may be queued right after.
-        self.enqueue(codec.encode_reply(cmd.id, result))
-        for data in followups:
+        self.enqueue(codec.encode_reply(cmd.id, sub.reply()))
+        for data in sub.followups:
             self.enqueue(data)
 
     async def _unsubscribe(self, cmd: Unsubscribe) -> dict[str, Any]:

@@ -14,12 +14,15 @@ publications keep flowing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from kizuna.core.client import Client
+__all__ = ["ChannelSubscribers", "Hub", "Subscriber"]
 
-__all__ = ["ChannelSubscribers", "Hub"]
+
+class Subscriber(Protocol):
+    """Anything the hub can queue bytes to: a Client, or a long-poll waiter."""
+
+    def enqueue(self, data: bytes) -> None: ...
 
 
 class ChannelSubscribers:
@@ -29,8 +32,8 @@ class ChannelSubscribers:
 
     def __init__(self) -> None:
         # dicts used as ordered sets: iteration order is subscription order.
-        self.active: dict[Client, None] = {}
-        self.pending: dict[Client, list[tuple[int, bytes]]] = {}
+        self.active: dict[Subscriber, None] = {}
+        self.pending: dict[Subscriber, list[tuple[int, bytes]]] = {}
 
     def __len__(self) -> int:
         return len(self.active) + len(self.pending)
@@ -57,7 +60,7 @@ class Hub:
     def get(self, channel: str) -> ChannelSubscribers | None:
         return self._channels.get(channel)
 
-    def add_pending(self, channel: str, client: Client) -> bool:
+    def add_pending(self, channel: str, client: Subscriber) -> bool:
         """Start a subscription as pending. Returns True if the channel was new here."""
         subs = self._channels.get(channel)
         created = subs is None
@@ -66,14 +69,14 @@ class Hub:
         subs.pending[client] = []
         return created
 
-    def activate(self, channel: str, client: Client) -> list[tuple[int, bytes]]:
+    def activate(self, channel: str, client: Subscriber) -> list[tuple[int, bytes]]:
         """Make a pending subscription active; returns what was buffered meanwhile."""
         subs = self._channels[channel]
         buffered = subs.pending.pop(client)
         subs.active[client] = None
         return buffered
 
-    def remove(self, channel: str, client: Client) -> bool:
+    def remove(self, channel: str, client: Subscriber) -> bool:
         """Remove a subscription. Returns True if the channel has no local subscriber left."""
         subs = self._channels.get(channel)
         if subs is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kizuna import __version__
@@ -37,6 +38,7 @@ from kizuna.core.ports import (
     Authenticator,
     Broker,
     Credentials,
+    HistoryResult,
     PresenceStore,
     PublishOptions,
 )
@@ -45,9 +47,41 @@ from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
 
-__all__ = ["Node"]
+__all__ = ["Node", "Subscription", "continues"]
 
 _T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class Subscription:
+    """What a subscribe produced, for the edge to turn into its own answer.
+
+    position: where the channel's history stands (None: the namespace keeps no history).
+    recovered: None when no recovery was asked; else whether ``publications``
+    hold everything published after the asked position.
+    followups: pushes buffered while subscribing, to queue right after the answer.
+    """
+
+    channel: str
+    position: StreamPosition | None = None
+    recovered: bool | None = None
+    publications: list[Publication] = field(default_factory=list)
+    followups: list[bytes] = field(default_factory=list)
+
+    def reply(self) -> dict[str, Any]:
+        """The native protocol's subscribe result."""
+        if self.position is None:
+            return {}
+        result: dict[str, Any] = {
+            "recoverable": True,
+            "offset": self.position.offset,
+            "epoch": self.position.epoch,
+        }
+        if self.recovered is not None:
+            result["recovered"] = self.recovered
+        if self.recovered:
+            result["publications"] = [codec.encode_publication(p) for p in self.publications]
+        return result
 
 
 class Node:
@@ -156,10 +190,10 @@ class Node:
 
     async def subscribe_client(
         self, client: Client, channel: str, since: StreamPosition | None
-    ) -> tuple[dict[str, Any], list[bytes]]:
-        """Subscribe ``client``; returns the reply result and the pushes that must follow it.
+    ) -> Subscription:
+        """Subscribe ``client``; see :class:`Subscription` for what the caller must send.
 
-        The caller queues the reply and then those pushes *without awaiting in
+        The caller queues its answer and then ``followups`` *without awaiting in
         between*: from the moment this returns, live publications go straight
         to the client's queue, and they must come after the buffered ones.
         """
@@ -175,8 +209,8 @@ class Node:
         client.subscriptions.add(channel)
         self.hub.add_pending(channel, client)
         try:
-            await self._ensure_broker_subscription(channel)
-            result, last_offset = await self._position_or_recovery(channel, options, since)
+            await self.ensure_broker_subscription(channel)
+            sub = await self._position_or_recovery(channel, options, since)
             if options.presence:
                 await self._broker_call(
                     "presence_add",
@@ -188,47 +222,34 @@ class Node:
             self._drop_subscription(client, channel, announce=False)
             raise
         if client.state is ClientState.CLOSED or channel not in client.subscriptions:
-            return result, []
+            return sub
         buffered = self.hub.activate(channel, client)
         if options.join_leave:
             self.spawn(self._broker_call("join", self.broker.publish_join(channel, client.info)))
-        return result, [data for offset, data in buffered if offset == 0 or offset > last_offset]
+        top = sub.position.offset if sub.position else 0
+        sub.followups = [data for offset, data in buffered if offset == 0 or offset > top]
+        return sub
 
     async def _position_or_recovery(
         self, channel: str, options: NamespaceOptions, since: StreamPosition | None
-    ) -> tuple[dict[str, Any], int]:
-        """The subscribe result and the last offset it covers."""
+    ) -> Subscription:
         if not options.recoverable:
-            return {}, 0
+            return Subscription(channel)
         if since is None:
-            top = (
-                await self._broker_call("history", self.broker.history(channel, limit=0))
-            ).position
-            return {"recoverable": True, "offset": top.offset, "epoch": top.epoch}, top.offset
+            current = await self._broker_call("history", self.broker.history(channel, limit=0))
+            return Subscription(channel, current.position)
         history = await self._broker_call(
             "history",
             self.broker.history(channel, since=since, limit=self.options.history_max_limit + 1),
         )
-        top = history.position
-        pubs = history.publications
-        recovered = (
-            since.epoch == top.epoch
-            and len(pubs) <= self.options.history_max_limit
-            and (
-                (not pubs and since.offset == top.offset)
-                or (bool(pubs) and pubs[0].offset == since.offset + 1)
-            )
-        )
+        recovered = continues(since, history, self.options.history_max_limit)
         self.events.recovery(recovered)
-        result: dict[str, Any] = {
-            "recoverable": True,
-            "offset": top.offset,
-            "epoch": top.epoch,
-            "recovered": recovered,
-        }
-        if recovered:
-            result["publications"] = [codec.encode_publication(p) for p in pubs]
-        return result, top.offset
+        return Subscription(
+            channel,
+            history.position,
+            recovered=recovered,
+            publications=history.publications if recovered else [],
+        )
 
     async def unsubscribe_client(self, client: Client, channel: str) -> None:
         self._drop_subscription(client, channel)
@@ -237,7 +258,7 @@ class Node:
         """Forget one subscription; its broker, presence and leave work runs in the background."""
         client.subscriptions.discard(channel)
         if self.hub.remove(channel, client):
-            self.spawn(self._release_broker_subscription(channel))
+            self.spawn(self.release_broker_subscription(channel))
         if not announce:
             return
         try:
@@ -253,7 +274,7 @@ class Node:
         if options.join_leave:
             self.spawn(self._broker_call("leave", self.broker.publish_leave(channel, client.info)))
 
-    async def _ensure_broker_subscription(self, channel: str) -> None:
+    async def ensure_broker_subscription(self, channel: str) -> None:
         ready = self._broker_subscriptions.get(channel)
         if ready is not None:
             await asyncio.shield(ready)
@@ -269,7 +290,7 @@ class Node:
             raise
         ready.set_result(None)
 
-    async def _release_broker_subscription(self, channel: str) -> None:
+    async def release_broker_subscription(self, channel: str) -> None:
         ready = self._broker_subscriptions.get(channel)
         if ready is None or not ready.done() or self.hub.get(channel) is not None:
             return
@@ -360,3 +381,18 @@ class Node:
         subscribers = self.hub.get(channel)
         if subscribers is not None:
             subscribers.broadcast(codec.encode_leave_push(channel, info), 0)
+
+
+def continues(since: StreamPosition, history: HistoryResult, limit: int) -> bool:
+    """Whether ``history`` (read after ``since``) holds exactly everything published since.
+
+    True when the epoch is the same and the publications start right after
+    ``since`` (or there are none and the stream has not moved), and there are
+    no more than ``limit`` of them. Anything else is a gap the reader must be told of.
+    """
+    top, pubs = history.position, history.publications
+    if since.epoch != top.epoch or len(pubs) > limit:
+        return False
+    if not pubs:
+        return since.offset == top.offset
+    return pubs[0].offset == since.offset + 1
