@@ -34,6 +34,9 @@ from kizuna.core.node import Node
 from kizuna.observability import Metrics, Observer
 from kizuna.transports.common import HandshakeSettings
 from kizuna.transports.http_api import api_routes, json_response
+from kizuna.transports.http_publish import publish_route
+from kizuna.transports.longpoll import longpoll_route
+from kizuna.transports.sse import SSEEndpoint
 from kizuna.transports.websocket import WebSocketEndpoint
 
 __all__ = ["Server", "build_server", "dev_secret"]
@@ -78,8 +81,8 @@ class Server:
         )
         self.broker_up = 0.0
         self.metrics.watch(self._scrape_gauges)
-        handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
-        self.websocket = WebSocketEndpoint(self.node, handshake)
+        self.handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
+        self.websocket = WebSocketEndpoint(self.node, self.handshake)
         self.http = self._build_http()
 
     def _scrape_gauges(self) -> dict[str, float]:
@@ -90,9 +93,13 @@ class Server:
         }
 
     def _build_http(self) -> Starlette:
+        node, handshake = self.node, self.handshake
         routes: list[Any] = [
             Route("/healthz", self._healthz),
             Route("/readyz", self._readyz),
+            Route("/connection/sse", SSEEndpoint(node, handshake), methods=["GET"]),
+            longpoll_route(node, handshake),
+            publish_route(node, handshake, self.config.max_message_size),
         ]
         if self.config.metrics:
             routes.append(Route("/metrics", self._metrics))

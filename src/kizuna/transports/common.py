@@ -7,7 +7,7 @@ scope and asks the node to verify the token.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,22 @@ import orjson
 
 from kizuna.core.node import Node
 from kizuna.core.ports import Credentials
-from kizuna.exceptions import AuthError
+from kizuna.exceptions import AuthError, ProtocolError
+from kizuna.protocol.codec import MAX_CHANNEL_LENGTH
 from kizuna.protocol.codes import ErrorCode
 from kizuna.protocol.handshake import origin_allowed, parse_query, token_from_request
 
-__all__ = ["HandshakeSettings", "HandshakeVerdict", "check_handshake", "deny_body", "scope_headers"]
+__all__ = [
+    "HandshakeSettings",
+    "HandshakeVerdict",
+    "anonymous_refused",
+    "channels_param",
+    "check_handshake",
+    "deny_body",
+    "error_body",
+    "http_status",
+    "scope_headers",
+]
 
 TOKEN_COOKIE = "kizuna_token"
 
@@ -37,13 +48,13 @@ class HandshakeVerdict:
     status: int = 200
 
 
-def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
+def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """An ASGI scope's headers as a dict with lower-case names (last value wins)."""
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
 async def check_handshake(
-    node: Node, settings: HandshakeSettings, scope: dict[str, Any], transport: str
+    node: Node, settings: HandshakeSettings, scope: Mapping[str, Any], transport: str
 ) -> HandshakeVerdict:
     """Apply the Origin rule and verify a handshake token, if there is one."""
     headers = scope_headers(scope)
@@ -64,5 +75,54 @@ async def check_handshake(
     return HandshakeVerdict(credentials=credentials, remote_addr=remote)
 
 
-def deny_body(error: AuthError) -> bytes:
-    return orjson.dumps({"error": {"code": int(error.code), "message": error.message}})
+STATUS_FOR_CODE = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.UNKNOWN_CHANNEL: 404,
+    ErrorCode.METHOD_NOT_FOUND: 404,
+    ErrorCode.MESSAGE_TOO_LARGE: 413,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.NOT_AVAILABLE: 503,
+    ErrorCode.BROKER_UNAVAILABLE: 503,
+}
+"""The HTTP status that goes with each error code; anything else is 400."""
+
+
+def http_status(code: int) -> int:
+    return STATUS_FOR_CODE.get(ErrorCode(code), 400)
+
+
+def error_body(code: int, message: str) -> bytes:
+    """The JSON error every HTTP edge answers with."""
+    return orjson.dumps({"error": {"code": int(code), "message": message}})
+
+
+def deny_body(error: ProtocolError) -> bytes:
+    return error_body(error.code, error.message)
+
+
+def channels_param(query: dict[str, list[str]]) -> list[str]:
+    """``channels=a,b`` or ``channels=a&channels=b``, in order, without repeats.
+
+    Raises ProtocolError (107) when none is given or a name is malformed.
+    """
+    names: list[str] = []
+    for value in query.get("channels", []):
+        for name in value.split(","):
+            name = name.strip()
+            if not name or len(name) > MAX_CHANNEL_LENGTH:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed channel name")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "channels is required")
+    return names
+
+
+def anonymous_refused(node: Node, verdict: HandshakeVerdict) -> AuthError | None:
+    """The error for a tokenless request where no namespace admits anonymous readers."""
+    if verdict.credentials is None and not node.anonymous_allowed:
+        return AuthError(ErrorCode.UNAUTHORIZED, "token required")
+    return None

@@ -21,20 +21,9 @@ from kizuna.core.node import Node
 from kizuna.exceptions import BrokerError, ProtocolError
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
 from kizuna.protocol.messages import StreamPosition
+from kizuna.transports.common import error_body, http_status
 
 __all__ = ["api_routes", "error_response", "json_response"]
-
-_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.UNKNOWN_CHANNEL: 404,
-    ErrorCode.METHOD_NOT_FOUND: 404,
-    ErrorCode.MESSAGE_TOO_LARGE: 413,
-    ErrorCode.TOO_MANY_REQUESTS: 429,
-    ErrorCode.INTERNAL: 500,
-    ErrorCode.NOT_AVAILABLE: 503,
-    ErrorCode.BROKER_UNAVAILABLE: 503,
-}
 
 Params = dict[str, Any]
 Method = Callable[[Node, Params], Awaitable[dict[str, Any]]]
@@ -45,8 +34,8 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def error_response(code: ErrorCode, message: str | None = None) -> Response:
-    body = {"error": {"code": int(code), "message": message or code.description}}
-    return json_response(body, _STATUS.get(code, 400))
+    body = error_body(code, message or code.description)
+    return Response(body, http_status(code), media_type="application/json")
 
 
 def _require_str(params: Params, name: str) -> str:

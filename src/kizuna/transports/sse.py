@@ -1,0 +1,211 @@
+"""Server-Sent Events: ``GET /connection/sse?channels=…`` streams publications.
+
+Each ``pub`` event's ``id:`` is a cursor over *all* the stream's channels, so
+the browser's automatic reconnect (which sends ``Last-Event-ID``) resumes
+exactly after the last event it saw — on this node or any other.
+
+Stream, step by step
+--------------------
+1. Before any byte of the stream: check the query (107), the cursor
+   (``Last-Event-ID`` header, else ``?cursor=``; 107 if malformed), the Origin
+   (403), the token (header, ``?token=`` or the ``kizuna_token`` cookie; 401),
+   and read access to every channel (403/404) — as JSON errors.
+2. Answer 200 ``text/event-stream`` with headers that stop proxy buffering,
+   and an ``event: connected`` carrying the connection id.
+3. Subscribe to each channel through the node, recovering from the cursor.
+   A channel the history cannot bridge gets an ``event: gap`` (never a silent
+   gap); its position restarts at the current top.
+4. Every queued push becomes an event (``pub``, ``join``, ``leave``,
+   ``disconnect``). A comment line every ``ping_interval`` keeps proxies from
+   timing the stream out.
+
+Clients publish with ``POST /connection/publish`` (see http_publish.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from kizuna.core.client import Client
+from kizuna.core.node import Node
+from kizuna.exceptions import BrokerError, ProtocolError
+from kizuna.protocol import codec
+from kizuna.protocol.codes import ErrorCode
+from kizuna.protocol.cursor import decode_cursor, encode_cursor
+from kizuna.protocol.handshake import parse_query
+from kizuna.protocol.messages import StreamPosition
+from kizuna.transports.common import (
+    HandshakeSettings,
+    anonymous_refused,
+    channels_param,
+    check_handshake,
+    error_body,
+    http_status,
+    scope_headers,
+)
+
+__all__ = ["SSEEndpoint", "SSETransport"]
+
+TRANSPORT = "sse"
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer this response
+]
+# Lines queued for an SSE client only: where a channel starts (no event), and gaps.
+_POSITION = "position"
+_GAP = "gap"
+
+
+def _marker(kind: str, channel: str, position: StreamPosition) -> bytes:
+    return orjson.dumps(
+        {"push": kind, "channel": channel, "offset": position.offset, "epoch": position.epoch}
+    )
+
+
+class SSETransport:
+    """Turns queued frames into SSE events, keeping the cursor the event ids carry."""
+
+    __slots__ = ("_closed", "_send", "positions")
+
+    name = TRANSPORT
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._closed = False
+        self.positions: dict[str, StreamPosition] = {}
+
+    async def write(self, frame: bytes) -> None:
+        events = []
+        for line in frame.split(b"\n"):
+            message = orjson.loads(line)
+            kind = message.get("push", "reply")
+            if kind == _POSITION:
+                self.positions[message["channel"]] = StreamPosition(
+                    message["offset"], message["epoch"]
+                )
+                continue
+            if kind == _GAP or (kind == "pub" and "offset" in message):
+                self.positions[message["channel"]] = StreamPosition(
+                    message["offset"], message["epoch"]
+                )
+            else:
+                events.append(b"event: %s\ndata: %s\n\n" % (kind.encode(), line))
+                continue
+            cursor = encode_cursor(self.positions).encode()
+            events.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, kind.encode(), line))
+        if events:
+            await self._body(b"".join(events))
+
+    async def comment(self, text: str) -> None:
+        await self._body(b": " + text.encode() + b"\n\n")
+
+    async def _body(self, data: bytes) -> None:
+        if not self._closed:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        reconnect = not 4000 <= code <= 4999
+        data = codec.encode_disconnect_push(code, reason, reconnect)
+        try:
+            await self._body(b"event: disconnect\ndata: %s\n\n" % data)
+            self._closed = True
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception:  # the peer is already gone
+            self._closed = True
+
+
+class SSEEndpoint:
+    """ASGI app for ``/connection/sse``."""
+
+    def __init__(self, node: Node, settings: HandshakeSettings) -> None:
+        self.node = node
+        self.settings = settings
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        node = self.node
+        try:
+            channels, cursor, verdict = await self._check(scope)
+        except ProtocolError as exc:
+            await _send_error(send, exc)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        transport = SSETransport(send)
+        client = Client(node, transport, remote_addr=verdict.remote_addr)
+        if not await client.accept(verdict.credentials):
+            return
+        hello = orjson.dumps({"client": client.id, "version": node.version})
+        await transport._body(b"event: connected\ndata: %s\n\n" % hello)
+        for channel in channels:
+            await self._subscribe(client, channel, cursor.get(channel))
+        await self._serve(client, transport, receive)
+
+    async def _check(
+        self, scope: dict[str, Any]
+    ) -> tuple[list[str], dict[str, StreamPosition], Any]:
+        query = parse_query(scope.get("query_string", b""))
+        channels = channels_param(query)
+        last_id = scope_headers(scope).get("last-event-id") or query.get("cursor", [""])[0]
+        cursor = decode_cursor(last_id)
+        verdict = await check_handshake(self.node, self.settings, scope, TRANSPORT)
+        if verdict.error is not None:
+            raise verdict.error
+        refused = anonymous_refused(self.node, verdict)
+        if refused is not None:
+            raise refused
+        for channel in channels:
+            self.node.rules.check_subscribe(channel, verdict.credentials)
+        return channels, cursor, verdict
+
+    async def _subscribe(self, client: Client, channel: str, since: StreamPosition | None) -> None:
+        try:
+            sub = await self.node.subscribe_client(client, channel, since)
+        except (ProtocolError, BrokerError) as exc:
+            code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.BROKER_UNAVAILABLE
+            message = exc.message if isinstance(exc, ProtocolError) else "broker unavailable"
+            client.enqueue(
+                orjson.dumps(
+                    {"push": "error", "channel": channel, "code": code, "message": message}
+                )
+            )
+            return
+        # No await from here on: live publications may be queued right after.
+        if sub.position is not None:
+            if sub.recovered is False:
+                client.enqueue(_marker(_GAP, channel, sub.position))
+            else:
+                start = since if sub.recovered else sub.position
+                assert start is not None
+                client.enqueue(_marker(_POSITION, channel, start))
+                for pub in sub.publications:
+                    client.enqueue(codec.encode_publication_push(channel, pub, sub.position.epoch))
+        for data in sub.followups:
+            client.enqueue(data)
+
+    async def _serve(self, client: Client, transport: SSETransport, receive: Any) -> None:
+        interval = self.node.options.ping_interval
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), interval)
+            except TimeoutError:
+                try:
+                    await transport.comment("ping")
+                except Exception:
+                    client.transport_closed(1006)
+                    return
+                continue
+            if message["type"] == "http.disconnect":
+                client.transport_closed(1001)
+                return
+
+
+async def _send_error(send: Any, exc: ProtocolError) -> None:
+    body = error_body(exc.code, exc.message)
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": http_status(exc.code), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
