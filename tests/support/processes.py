@@ -71,6 +71,7 @@ class KizunaProcess:
     api_key: str = API_KEY
     process: subprocess.Popen[bytes] | None = None
     _log: object = None
+    _output: str = ""
 
     @property
     def url(self) -> str:
@@ -126,11 +127,18 @@ class KizunaProcess:
         raise TimeoutError(f"kizuna not healthy after {timeout}s:\n{self.output()}")
 
     def output(self) -> str:
+        """Everything the process printed (kept after it stopped)."""
         log = self._log
         if log is None:
-            return ""
+            return self._output
         log.seek(0)  # type: ignore[attr-defined]
         return log.read().decode(errors="replace")  # type: ignore[attr-defined]
+
+    def _release_log(self) -> None:
+        if self._log is not None:
+            self._output = self.output()
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
 
     def signal(self, sig: int) -> None:
         assert self.process is not None
@@ -148,12 +156,14 @@ class KizunaProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._release_log()
         return proc.returncode
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._release_log()
 
     def api(self, method: str, **params: object) -> httpx.Response:
         """Call the server HTTP API."""

@@ -9,7 +9,8 @@ Stream, step by step
 1. Before any byte of the stream: check the query (107), the cursor
    (``Last-Event-ID`` header, else ``?cursor=``; 107 if malformed), the Origin
    (403), the token (header, ``?token=`` or the ``kizuna_token`` cookie; 401),
-   and read access to every channel (403/404) — as JSON errors.
+   and read access to every channel (403/404) — as JSON errors. A channel that
+   fails later (broker down) gets an ``event: subscribe_error`` with its code.
 2. Answer 200 ``text/event-stream`` with headers that stop proxy buffering,
    and an ``event: connected`` carrying the connection id.
 3. Subscribe to each channel through the node, recovering from the cursor.
@@ -168,11 +169,8 @@ class SSEEndpoint:
         except (ProtocolError, BrokerError) as exc:
             code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.BROKER_UNAVAILABLE
             message = exc.message if isinstance(exc, ProtocolError) else "broker unavailable"
-            client.enqueue(
-                orjson.dumps(
-                    {"push": "error", "channel": channel, "code": code, "message": message}
-                )
-            )
+            error = {"push": "subscribe_error", "channel": channel, "code": code}
+            client.enqueue(orjson.dumps({**error, "message": message}))
             return
         # No await from here on: live publications may be queued right after.
         if sub.position is not None:
