@@ -32,6 +32,7 @@ from kizuna.config import Config
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
 from kizuna.core.node import Node
 from kizuna.observability import Metrics, Observer
+from kizuna.observability.tracing import tracing_requested
 from kizuna.transports.common import HandshakeSettings
 from kizuna.transports.http_api import api_routes, json_response
 from kizuna.transports.http_publish import publish_route
@@ -72,12 +73,18 @@ class Server:
                 )
             )
         self.metrics = Metrics()
+        self.tracer = None
+        if tracing_requested():
+            from kizuna.observability.tracing import OTelTracer
+
+            self.tracer = OTelTracer()
         self.node = Node(
             broker,
             presence,
             authenticator=authenticator,
             options=config.node_options(),
             events=Observer(self.metrics),
+            tracer=self.tracer,
         )
         self.broker_up = 0.0
         self.metrics.watch(self._scrape_gauges)
@@ -119,6 +126,8 @@ class Server:
             yield
         finally:
             await self.node.shutdown()
+            if self.tracer is not None:
+                self.tracer.shutdown()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:

@@ -230,6 +230,17 @@ class Client:
         (SSE, Socket.IO, gRPC) call it directly after their handshake. On
         refusal the connection is closed with the code and False returned.
         """
+        span = None
+        if self.node.tracing:
+            span = self.node.tracer.start(
+                "connect", "server", {"kizuna.transport": self.transport.name}
+            )
+        admitted = await self._admit(credentials)
+        if span is not None:
+            span.end(None if admitted else "refused")
+        return admitted
+
+    async def _admit(self, credentials: Credentials | None) -> bool:
         if credentials is None and not self.node.anonymous_allowed:
             self.node.events.auth_failed(self.transport.name, ErrorCode.UNAUTHORIZED)
             await self.close(DisconnectCode.UNAUTHORIZED, "token required")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["NoEvents", "NodeEvents"]
+__all__ = ["NoEvents", "NoTracer", "NodeEvents", "Span", "Tracer"]
 
 
 class NodeEvents(Protocol):
@@ -27,9 +27,12 @@ class NodeEvents(Protocol):
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
         """A command was answered; ``error`` is its error code, 0 on success."""
 
-    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
+    def fanned_out(
+        self, namespace: str, recipients: int, latency: float, traceparent: str | None
+    ) -> None:
         """A publication was queued to this node's ``recipients``; ``latency``
-        is seconds since it was published (0 when unknown)."""
+        is seconds since it was published (0 when unknown); ``traceparent`` its
+        trace, for exemplars."""
 
     def slow_client(self, transport: str) -> None:
         """A connection's outbound queue overflowed."""
@@ -62,7 +65,9 @@ class NoEvents:
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
         pass
 
-    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
+    def fanned_out(
+        self, namespace: str, recipients: int, latency: float, traceparent: str | None
+    ) -> None:
         pass
 
     def slow_client(self, transport: str) -> None:
@@ -79,3 +84,56 @@ class NoEvents:
 
     def broker_operation(self, operation: str, ok: bool) -> None:
         pass
+
+
+class Span(Protocol):
+    """One traced operation. ``traceparent`` (W3C) is what travels to other nodes."""
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+    def end(self, error: str | None = None) -> None: ...
+
+
+class Tracer(Protocol):
+    """Starts spans for the core; observability/tracing.py implements it with OpenTelemetry.
+
+    ``kind`` is one of "server", "producer", "consumer", "client", "internal".
+    ``parent`` is a W3C traceparent from a message envelope; None continues the
+    current context. Called once per operation or per node fan-out, never per recipient.
+    """
+
+    def start(
+        self,
+        name: str,
+        kind: str,
+        attributes: dict[str, str | int],
+        parent: str | None = None,
+    ) -> Span: ...
+
+
+class _NoSpan:
+    __slots__ = ()
+
+    @property
+    def traceparent(self) -> str | None:
+        return None
+
+    def end(self, error: str | None = None) -> None:
+        pass
+
+
+_NO_SPAN = _NoSpan()
+
+
+class NoTracer:
+    """Traces nothing (tracing off). Returns one shared no-op span."""
+
+    def start(
+        self,
+        name: str,
+        kind: str,
+        attributes: dict[str, str | int],
+        parent: str | None = None,
+    ) -> Span:
+        return _NO_SPAN

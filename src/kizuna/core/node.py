@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from kizuna import __version__
 from kizuna.core.channels import ChannelRules, namespace_of
 from kizuna.core.client import Client, ClientState
-from kizuna.core.events import NodeEvents, NoEvents
+from kizuna.core.events import NodeEvents, NoEvents, NoTracer, Tracer
 from kizuna.core.hub import Hub
 from kizuna.core.options import NamespaceOptions, NodeOptions
 from kizuna.core.ports import (
@@ -95,12 +95,15 @@ class Node:
         authenticator: Authenticator | None = None,
         options: NodeOptions | None = None,
         events: NodeEvents | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.broker = broker
         self.presence_store = presence
         self.authenticator = authenticator
         self.options = options or NodeOptions()
         self.events: NodeEvents = events or NoEvents()
+        self.tracer: Tracer = tracer or NoTracer()
+        self.tracing = tracer is not None
         self.rules = ChannelRules(self.options.namespaces)
         self.hub = Hub()
         self.version = __version__
@@ -206,6 +209,28 @@ class Node:
         if since is not None and not options.recoverable:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE, "no history to recover from here")
 
+        span = None
+        if self.tracing:
+            attributes = _messaging(channel, "receive")
+            span = self.tracer.start(f"subscribe {namespace_of(channel)}", "server", attributes)
+        try:
+            return await self._subscribe(client, channel, since, options)
+        except BaseException as exc:
+            if span is not None:
+                span.end(type(exc).__name__)
+                span = None
+            raise
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _subscribe(
+        self,
+        client: Client,
+        channel: str,
+        since: StreamPosition | None,
+        options: NamespaceOptions,
+    ) -> Subscription:
         client.subscriptions.add(channel)
         self.hub.add_pending(channel, client)
         try:
@@ -312,15 +337,36 @@ class Node:
         """Publish ``data`` (JSON bytes) to ``channel`` on every node."""
         if options is None:
             options = self.rules.options(channel)
-        pub = Publication(data, 0, info, time.time(), traceparent)
         publish_options = PublishOptions(
             history_size=options.history_size,
             history_ttl=options.history_ttl,
             idempotency_key=idempotency_key,
         )
-        return await self._broker_call(
-            "publish", self.broker.publish(channel, pub, publish_options)
+        if not self.tracing:
+            pub = Publication(data, 0, info, time.time(), traceparent)
+            return await self._broker_call(
+                "publish", self.broker.publish(channel, pub, publish_options)
+            )
+        attributes = _messaging(channel, "publish")
+        span = self.tracer.start(
+            f"publish {namespace_of(channel)}", "producer", attributes, traceparent
         )
+        try:
+            pub = Publication(data, 0, info, time.time(), span.traceparent)
+            send = self.tracer.start("broker publish", "client", attributes, span.traceparent)
+            try:
+                position = await self._broker_call(
+                    "publish", self.broker.publish(channel, pub, publish_options)
+                )
+            except BaseException as exc:
+                send.end(type(exc).__name__)
+                raise
+            send.end()
+        except BaseException as exc:
+            span.end(type(exc).__name__)
+            raise
+        span.end()
+        return position
 
     async def history(
         self,
@@ -367,10 +413,19 @@ class Node:
         subscribers = self.hub.get(channel)
         if subscribers is None:
             return
+        namespace = namespace_of(channel)
+        span = None
+        if self.tracing:
+            attributes = _messaging(channel, "process")
+            span = self.tracer.start(
+                f"deliver {namespace}", "consumer", attributes, pub.traceparent
+            )
         data = codec.encode_publication_push(channel, pub, epoch)
         recipients = subscribers.broadcast(data, pub.offset)
         latency = time.time() - pub.published_at if pub.published_at else 0.0
-        self.events.fanned_out(namespace_of(channel), recipients, latency)
+        self.events.fanned_out(namespace, recipients, latency, pub.traceparent)
+        if span is not None:
+            span.end()
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         subscribers = self.hub.get(channel)
@@ -381,6 +436,15 @@ class Node:
         subscribers = self.hub.get(channel)
         if subscribers is not None:
             subscribers.broadcast(codec.encode_leave_push(channel, info), 0)
+
+
+def _messaging(channel: str, operation: str) -> dict[str, str | int]:
+    """OpenTelemetry messaging semantic-convention attributes for one channel."""
+    return {
+        "messaging.system": "kizuna",
+        "messaging.destination.name": channel,
+        "messaging.operation.type": operation,
+    }
 
 
 def continues(since: StreamPosition, history: HistoryResult, limit: int) -> bool:

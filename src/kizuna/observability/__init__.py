@@ -35,8 +35,10 @@ class Observer:
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
         self.metrics.command_handled(transport, method, seconds, error)
 
-    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
-        self.metrics.fanned_out(namespace, recipients, latency)
+    def fanned_out(
+        self, namespace: str, recipients: int, latency: float, traceparent: str | None
+    ) -> None:
+        self.metrics.fanned_out(namespace, recipients, latency, traceparent)
 
     def slow_client(self, transport: str) -> None:
         self.metrics.slow_client(transport)

@@ -24,6 +24,18 @@ def _add_service(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """trace_id and span_id of the active span, when tracing is on."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:  # tracing off: OpenTelemetry was never imported
+        return event
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event["trace_id"] = f"{ctx.trace_id:032x}"
+        event["span_id"] = f"{ctx.span_id:016x}"
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Route structlog and the standard library (uvicorn) to one stream, one format."""
     renderer: Any = (
@@ -36,6 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_service,
+        _add_trace_ids,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -183,7 +183,9 @@ class Metrics:
         if error:
             self.errors.labels(transport, str(error)).inc()
 
-    def fanned_out(self, namespace: str, recipients: int, latency: float) -> None:
+    def fanned_out(
+        self, namespace: str, recipients: int, latency: float, traceparent: str | None
+    ) -> None:
         bound = self._fanouts.get(namespace)
         if bound is None:
             bound = self._fanouts[namespace] = (
@@ -194,7 +196,11 @@ class Metrics:
         bound[0].inc(recipients)
         bound[1].inc()
         if latency > 0:
-            bound[2].observe(latency)
+            if traceparent is not None:
+                # traceparent is version-traceid-spanid-flags: the exemplar links to the trace.
+                bound[2].observe(latency, {"trace_id": traceparent[3:35]})
+            else:
+                bound[2].observe(latency)
 
     def slow_client(self, transport: str) -> None:
         self.slow_clients.labels(transport).inc()
