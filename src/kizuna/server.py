@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -181,7 +182,26 @@ class Server:
         )
 
     async def serve(self) -> None:
-        await uvicorn.Server(self.uvicorn_config()).serve()
+        await _UvicornServer(self.uvicorn_config(), self.node).serve()
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn, but clients are closed with kizuna's codes before uvicorn closes sockets.
+
+    uvicorn's own shutdown closes WebSockets with 1012 before the lifespan ends;
+    closing them first tells each client 3001 (reconnect, elsewhere) and flushes
+    what was queued for it.
+    """
+
+    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+        super().__init__(config)
+        self._node = node
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # stop accepting first
+            server.close()
+        await self._node.close_clients()
+        await super().shutdown(sockets)
 
 
 def build_server(config: Config) -> Server:

@@ -164,7 +164,11 @@ class Client:
 
     async def handle_frame(self, frame: bytes | str) -> None:
         """Decode one inbound frame and answer each command in it, in order."""
-        if len(frame) > self.node.options.max_message_size:
+        limit = self.node.options.max_message_size
+        # A str is measured in UTF-8 bytes; encoding is only needed when it might be over.
+        if len(frame) > limit or (
+            isinstance(frame, str) and len(frame) * 4 > limit and len(frame.encode()) > limit
+        ):
             await self.close(DisconnectCode.MESSAGE_TOO_LARGE)
             return
         try:
@@ -181,12 +185,12 @@ class Client:
         started = time.perf_counter()
         method = _METHOD_NAMES.get(type(command), "unknown")
         error = 0
+        if self.state is ClientState.CONNECTING and not isinstance(command, Connect):
+            await self.close(DisconnectCode.BAD_REQUEST, "connect first")
+            return
         if isinstance(command, CommandRejected):
             error = command.code
             self.enqueue(codec.encode_error_reply(command.id, command.code, command.message))
-        elif self.state is ClientState.CONNECTING and not isinstance(command, Connect):
-            await self.close(DisconnectCode.BAD_REQUEST, "connect first")
-            return
         else:
             handler = _HANDLERS[type(command)]
             try:

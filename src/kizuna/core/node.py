@@ -111,6 +111,7 @@ class Node:
         self.users: dict[str, set[Client]] = {}
         self.anonymous_allowed = any(ns.allow_anonymous for ns in self.options.namespaces.values())
         self.draining = False
+        self._closed = False
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -119,13 +120,20 @@ class Node:
     async def start(self) -> None:
         await self.broker.start(self)
 
-    async def shutdown(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
-        """Close every client with ``code`` (after flushing what is queued), then the broker."""
+    async def close_clients(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
+        """Refuse new clients and close every client with ``code``, after flushing its queue."""
         self.draining = True
         clients = list(self.clients.values())
         await asyncio.gather(*(c.close(code, flush=True) for c in clients))
+
+    async def shutdown(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
+        """Close every client, let background work finish, then close the broker. Idempotent."""
+        if self._closed:
+            return
+        await self.close_clients(code)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self._closed = True
         await self.broker.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -55,13 +55,13 @@ def _position(params: Params) -> StreamPosition | None:
     since = params.get("since")
     if since is None:
         return None
-    if (
-        not isinstance(since, dict)
-        or not isinstance(since.get("offset"), int)
-        or not isinstance(since.get("epoch"), str)
-    ):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "since must be {offset: int, epoch: str}")
-    return StreamPosition(since["offset"], since["epoch"])
+    offset = since.get("offset") if isinstance(since, dict) else None
+    epoch = since.get("epoch") if isinstance(since, dict) else None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "since.offset must be a non-negative integer")
+    if not isinstance(epoch, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "since.epoch must be a string")
+    return StreamPosition(offset, epoch)
 
 
 async def _publish(node: Node, params: Params) -> dict[str, Any]:
