@@ -33,6 +33,7 @@ from kizuna.config import Config
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
 from kizuna.core.node import Node
 from kizuna.observability import Metrics, Observer
+from kizuna.observability.stats import snapshot
 from kizuna.observability.tracing import tracing_requested
 from kizuna.transports.common import HandshakeSettings
 from kizuna.transports.http_api import api_routes, json_response
@@ -111,6 +112,7 @@ class Server:
         ]
         if self.config.metrics:
             routes.append(Route("/metrics", self._metrics))
+            routes.append(Route("/dashboard/stats", self._dashboard_stats))
         if self.config.api_key:
             routes.extend(api_routes(self.node, self.config.api_key, self.config.max_message_size))
         static = _static_dir()
@@ -159,6 +161,11 @@ class Server:
             return Response(text, media_type=OPENMETRICS_CONTENT_TYPE)
         body = generate_latest(self.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def _dashboard_stats(self, request: Request) -> Response:
+        stats = snapshot(self.metrics.registry)
+        stats["node"] = f"{self.config.host}:{self.config.port}"
+        return json_response(stats)
 
     def uvicorn_config(self) -> uvicorn.Config:
         cfg = self.config
