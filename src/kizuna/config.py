@@ -75,7 +75,9 @@ class Config:
         default=10.0, metadata=_doc("seconds to wait for the connect command (3007)")
     )
     ping_interval: float = field(default=25.0, metadata=_doc("heartbeat interval, seconds"))
-    ping_timeout: float = field(default=10.0, metadata=_doc("heartbeat answer timeout, seconds"))
+    ping_timeout: float = field(
+        default=10.0, metadata=_doc("heartbeat answer timeout, seconds; 0: no timeout")
+    )
     max_connections: int = field(default=0, metadata=_doc("per node; 0: no limit"))
     max_connections_per_user: int = field(default=0, metadata=_doc("per user; 0: no limit"))
     max_channels_per_connection: int = field(

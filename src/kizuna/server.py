@@ -180,7 +180,7 @@ class Server:
             # frames just over it reach the client and close with 4004.
             ws_max_size=cfg.max_message_size * 2,
             ws_ping_interval=cfg.ping_interval,
-            ws_ping_timeout=cfg.ping_timeout,
+            ws_ping_timeout=cfg.ping_timeout or None,  # 0: no timeout
             ws_per_message_deflate=cfg.websocket_compression,
             lifespan="on",
             log_config=None,

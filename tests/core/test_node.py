@@ -362,3 +362,36 @@ async def test_history_positions() -> None:
     assert position == StreamPosition(3, position.epoch)
     out = await node.history("chat:h", limit=2, reverse=True)
     assert [p["data"] for p in orjson.loads(orjson.dumps(out))["publications"]] == [2, 1]
+
+
+async def test_slow_client_sees_no_gap_before_its_close() -> None:
+    """After the overflow nothing more is written: the client recovers from its last offset."""
+    node = await make_node(client_queue_max_bytes=2000)
+    slow, slow_t = await connected(node, "slow")
+    await slow.handle_frame(cmd(2, "subscribe", channel="chat:gap"))
+    await settle()
+    slow_t.gate = asyncio.Event()
+    for i in range(60):
+        await node.publish("chat:gap", orjson.dumps({"i": i, "pad": "x" * 50}))
+    slow_t.gate.set()
+    await settle()
+    assert slow_t.closed is not None
+    offsets = [m["offset"] for m in slow_t.messages() if m.get("push") == "pub"]
+    assert offsets == list(range(1, len(offsets) + 1))  # contiguous from the start, then nothing
+
+
+async def test_anonymous_connection_cannot_refresh_into_a_user() -> None:
+    broker = MemoryBroker()
+    namespaces = {"open": NamespaceOptions(allow_anonymous=True)}
+    node = Node(
+        broker, broker, authenticator=StaticAuth(), options=NodeOptions(namespaces=namespaces)
+    )
+    await node.start()
+    transport = RecordingTransport()
+    client = Client(node, transport)
+    await client.handle_frame(cmd(1, "connect"))
+    await client.handle_frame(cmd(2, "refresh", token="bob"))
+    await settle()
+    assert transport.reply(2)["error"]["code"] == 103
+    assert client.user == ""
+    assert "bob" not in node.users

@@ -218,3 +218,23 @@ async def test_healthz_and_readyz(api: Api):
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     ready = await api.get("/readyz")
     assert (ready.status_code, ready.json()) == (200, {"ready": True})
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"channel": "chat:x", "reverse": 1},
+        {"channel": "chat:" + "x" * 300},
+        {"channel": "chat:x", "limit": True},
+    ],
+)
+def test_history_params_are_checked_like_the_websocket_command(
+    server: KizunaProcess, params: dict[str, object]
+) -> None:
+    r = server.api("history", **params)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, 107)
+
+
+def test_publish_idempotency_key_must_be_a_string(server: KizunaProcess) -> None:
+    r = server.api("publish", channel="chat:x", data=1, idempotency_key=5)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, 107)

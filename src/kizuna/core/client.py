@@ -113,6 +113,10 @@ class Client:
     def user(self) -> str:
         return self.info.user
 
+    @property
+    def closed(self) -> bool:
+        return self.state is ClientState.CLOSED
+
     # --- outbound ------------------------------------------------------------------------
 
     def enqueue(self, data: bytes) -> None:
@@ -278,8 +282,11 @@ class Client:
             )
 
     async def _refresh(self, cmd: Refresh) -> dict[str, Any]:
+        if self.credentials is None:
+            # An anonymous connection has no session to extend; it reconnects with a token.
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "anonymous connections cannot refresh")
         credentials = await self.node.authenticate(cmd.token, self.transport.name)
-        if self.credentials is not None and credentials.user != self.credentials.user:
+        if credentials.user != self.credentials.user:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED, "token is for another user")
         self.credentials = credentials
         self._schedule_expiry()
@@ -335,9 +342,17 @@ class Client:
     # --- closing -------------------------------------------------------------------------
 
     def close_soon(self, code: DisconnectCode, reason: str | None = None) -> None:
-        """Close from synchronous code (timers, the fan-out path)."""
-        if self.state is not ClientState.CLOSED:
-            self.node.spawn(self.close(code, reason))
+        """Close from synchronous code (timers, the fan-out path).
+
+        The connection stops taking messages at once — so a slow client never
+        sees a gap before its 3002 — while the rest (leaving the hub, the close
+        frame) runs in the background: the caller may be iterating the hub.
+        """
+        if self.state is ClientState.CLOSED:
+            return
+        was_connected = self.state is ClientState.CONNECTED
+        self._stop()
+        self.node.spawn(self._end(code, reason, was_connected, sent=True))
 
     async def close(
         self, code: DisconnectCode, reason: str | None = None, *, flush: bool = False
@@ -347,31 +362,41 @@ class Client:
             return
         if flush:
             await self.flush()
+            if self.closed:  # closed by someone else while flushing
+                return
         was_connected = self.state is ClientState.CONNECTED
-        self._finish()
-        if was_connected:
-            self.node.events.connection_closed(self.transport.name, self.namespace, code)
-        else:
-            self.node.events.connection_rejected(self.transport.name, code)
-        await self.transport.close(int(code), reason or code.reason)
+        self._stop()
+        await self._end(code, reason, was_connected, sent=True)
 
     def transport_closed(self, code: int) -> None:
         """The peer went away (or the transport failed) with ``code``."""
         if self.state is ClientState.CLOSED:
             return
         was_connected = self.state is ClientState.CONNECTED
-        self._finish()
-        if was_connected:
-            self.node.events.connection_closed(self.transport.name, self.namespace, code)
+        self._stop()
+        self._report(code, was_connected, sent=False)
+        self.node.unregister(self)
 
-    def _finish(self) -> None:
+    def _stop(self) -> None:
+        """Take no more messages."""
         self.state = ClientState.CLOSED
         self._queue.clear()
         self._queued_bytes = 0
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
+
+    async def _end(self, code: int, reason: str | None, was_connected: bool, sent: bool) -> None:
+        self._report(code, was_connected, sent)
         self.node.unregister(self)
+        text = reason or (code.reason if isinstance(code, DisconnectCode) else "")
+        await self.transport.close(int(code), text)
+
+    def _report(self, code: int, was_connected: bool, sent: bool) -> None:
+        if was_connected:
+            self.node.events.connection_closed(self.transport.name, self.namespace, code)
+        elif sent:
+            self.node.events.connection_rejected(self.transport.name, code)
 
 
 _HANDLERS: dict[type, Handler] = {

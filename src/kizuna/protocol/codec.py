@@ -58,6 +58,7 @@ __all__ = [
     "encode_reply",
     "encode_unsubscribe_push",
     "join_frame",
+    "parse_params",
 ]
 
 MAX_CHANNEL_LENGTH = 255
@@ -166,6 +167,20 @@ _PARSERS: dict[str, Callable[[int, Params], Command]] = {
 }
 
 METHODS = frozenset(_PARSERS)
+
+
+def parse_params(method: str, params: Mapping[str, Any]) -> Command:
+    """A command from its method and params alone (the HTTP API has no frames or ids).
+
+    The same validation as a frame; raises ProtocolError 104 or 107.
+    """
+    parser = _PARSERS.get(method)
+    if parser is None:
+        raise ProtocolError(ErrorCode.METHOD_NOT_FOUND, f"unknown method {method!r}")
+    try:
+        return parser(0, params)
+    except _BadParams as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from exc
 
 
 def _decode_line(line: bytes | str) -> Command | CommandRejected:

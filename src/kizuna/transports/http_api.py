@@ -19,8 +19,9 @@ from starlette.routing import Route
 
 from kizuna.core.node import Node
 from kizuna.exceptions import BrokerError, ProtocolError
+from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
-from kizuna.protocol.messages import StreamPosition
+from kizuna.protocol.messages import History, Presence, PresenceStats, Publish
 from kizuna.transports.common import error_body, http_status
 
 __all__ = ["api_routes", "error_response", "json_response"]
@@ -45,72 +46,53 @@ def _require_str(params: Params, name: str) -> str:
     return value
 
 
-def _require_data(params: Params) -> bytes:
-    if "data" not in params:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "data is required")
-    return orjson.dumps(params["data"])
-
-
-def _position(params: Params) -> StreamPosition | None:
-    since = params.get("since")
-    if since is None:
-        return None
-    offset = since.get("offset") if isinstance(since, dict) else None
-    epoch = since.get("epoch") if isinstance(since, dict) else None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "since.offset must be a non-negative integer")
-    if not isinstance(epoch, str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "since.epoch must be a string")
-    return StreamPosition(offset, epoch)
+def _command(method: str, params: Params) -> Any:
+    return codec.parse_params(method, params)
 
 
 async def _publish(node: Node, params: Params) -> dict[str, Any]:
-    channel = _require_str(params, "channel")
-    key = params.get("idempotency_key")
-    position = await node.publish(
-        channel, _require_data(params), idempotency_key=key if isinstance(key, str) else None
-    )
+    cmd: Publish = _command("publish", params)
+    position = await node.publish(cmd.channel, cmd.data, idempotency_key=cmd.idempotency_key)
     return {"offset": position.offset, "epoch": position.epoch} if position.offset else {}
 
 
 async def _broadcast(node: Node, params: Params) -> dict[str, Any]:
     channels = params.get("channels")
-    if (
-        not isinstance(channels, list)
-        or not channels
-        or not all(isinstance(c, str) and c for c in channels)
-    ):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "channels must be a non-empty list of strings")
-    data = _require_data(params)
-    for channel in channels:
-        node.rules.options(channel)  # every channel must exist before anything is published
+    if not isinstance(channels, list) or not channels:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "channels must be a non-empty list")
+    # Every channel is checked before anything is published: all or nothing.
+    commands: list[Publish] = [
+        _command("publish", {"channel": channel, "data": params.get("data")})
+        for channel in channels
+    ]
+    if "data" not in params:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "data is required")
+    for cmd in commands:
+        node.rules.options(cmd.channel)
     results = []
-    for channel in channels:
-        position = await node.publish(channel, data)
+    for cmd in commands:
+        position = await node.publish(cmd.channel, cmd.data)
         results.append({"offset": position.offset, "epoch": position.epoch})
     return {"responses": results}
 
 
 async def _history(node: Node, params: Params) -> dict[str, Any]:
-    channel = _require_str(params, "channel")
-    if not node.rules.options(channel).recoverable:
+    cmd: History = _command("history", params)
+    if not node.rules.options(cmd.channel).recoverable:
         raise ProtocolError(ErrorCode.NOT_AVAILABLE, "history is off in this namespace")
-    limit = params.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
-    return await node.history(channel, limit, _position(params), bool(params.get("reverse")))
+    return await node.history(cmd.channel, cmd.limit, cmd.since, cmd.reverse)
 
 
 async def _presence(node: Node, params: Params) -> dict[str, Any]:
-    channel = _require_str(params, "channel")
-    node.rules.options(channel)
-    return await node.presence(channel)
+    cmd: Presence = _command("presence", params)
+    node.rules.options(cmd.channel)
+    return await node.presence(cmd.channel)
 
 
 async def _presence_stats(node: Node, params: Params) -> dict[str, Any]:
-    channel = _require_str(params, "channel")
-    node.rules.options(channel)
-    return await node.presence_stats(channel)
+    cmd: PresenceStats = _command("presence_stats", params)
+    node.rules.options(cmd.channel)
+    return await node.presence_stats(cmd.channel)
 
 
 async def _channels(node: Node, params: Params) -> dict[str, Any]:
