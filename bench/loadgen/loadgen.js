@@ -1,0 +1,514 @@
+// kizuna's load generator: many WebSocket clients in one Node.js process, driven by a JSON spec.
+//
+// Why Node and `ws`: the generator must not be the bottleneck, and one Node process on one core
+// parses WebSocket frames several times faster than a Python one. The harness (bench/run.py)
+// pins it to its own core, starts the servers, and reads the JSON lines this prints.
+//
+// Usage: node loadgen.js SPEC.json      (see bench/scenarios.py for the spec's fields)
+//
+// Output: one JSON object per line on stdout: {"event": "log" | "step" | "result", ...}.
+//
+// Measuring, not guessing:
+// * Every publication carries, in its content, a marker, the rate step it belongs to and the
+//   moment it was sent (performance.now() in integer microseconds). Publisher and subscribers
+//   live in this process, so send and receive times come from the same monotonic clock.
+// * Subscribers find publications by scanning the raw frame for the marker `"B|`, so a kizuna
+//   frame that coalesces several newline-separated messages counts as several deliveries, and no
+//   frame is JSON-parsed on the hot path (the generator's CPU goes to the sockets, not to us).
+// * Latency goes into a fixed histogram (0.1 ms buckets up to 10 s, exact max), per step.
+// * CPU (this process and the server's pids, from /proc/PID/stat) is sampled over each step's
+//   publishing window, so a reader can check that the generator was not the one saturated.
+'use strict';
+
+const fs = require('fs');
+const { performance } = require('perf_hooks');
+const WebSocket = require('ws');
+
+const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+
+const MARK = Buffer.from('"B|');
+const BUCKET_US = 100; // histogram resolution: 0.1 ms
+const BUCKETS = 100000; // up to 10 s; beyond goes to the last bucket (max stays exact)
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function log(msg) {
+  emit({ event: 'log', msg });
+}
+
+function nowUs() {
+  return Math.round(performance.now() * 1000);
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function until(predicate, timeoutMs, pollMs = 10) {
+  const deadline = performance.now() + timeoutMs;
+  while (!predicate()) {
+    if (performance.now() >= deadline) return false;
+    await sleep(pollMs);
+  }
+  return true;
+}
+
+// --- CPU and memory from /proc ---------------------------------------------------------------
+
+const CLK_TCK = spec.clkTck || 100;
+
+function procCpuSeconds(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK; // utime + stime
+  } catch (err) {
+    return NaN;
+  }
+}
+
+// Time spent runnable but waiting for a CPU (ns), from /proc/PID/schedstat: on a shared
+// machine this says how much of a step's latency other people's processes caused.
+function runDelaySeconds(pid) {
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]) / 1e9;
+  } catch (err) {
+    return NaN;
+  }
+}
+
+function rssKb(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /VmRSS:\s+(\d+) kB/.exec(status);
+  return match ? Number(match[1]) : NaN;
+}
+
+function cpuSnapshot() {
+  const self = process.cpuUsage();
+  return {
+    wall: performance.now(),
+    self: (self.user + self.system) / 1e6,
+    selfSystem: self.system / 1e6,
+    servers: (spec.serverPids || []).map(procCpuSeconds),
+    selfWait: runDelaySeconds(process.pid),
+    serverWait: runDelaySeconds((spec.serverPids || [process.pid])[0]),
+  };
+}
+
+function cpuPercent(a, b) {
+  const wall = (b.wall - a.wall) / 1000;
+  const pct = (x, y) => Math.round(((y - x) / wall) * 1000) / 10;
+  return {
+    generator: pct(a.self, b.self),
+    generatorSystem: pct(a.selfSystem, b.selfSystem),
+    server: Math.round(b.servers.reduce((s, v, i) => s + pct(a.servers[i], v), 0) * 10) / 10,
+    generatorWaiting: pct(a.selfWait, b.selfWait),
+    serverWaiting: pct(a.serverWait, b.serverWait),
+  };
+}
+
+// --- per-step delivery statistics -----------------------------------------------------------
+
+const steps = new Map();
+
+function stepStats(step) {
+  let st = steps.get(step);
+  if (st === undefined) {
+    st = { received: 0, late: 0, max: 0, hist: new Uint32Array(BUCKETS), closed: false };
+    steps.set(step, st);
+  }
+  return st;
+}
+
+function percentile(st, q) {
+  if (st.received === 0) return null;
+  const rank = Math.ceil(q * st.received);
+  let seen = 0;
+  for (let i = 0; i < BUCKETS; i++) {
+    seen += st.hist[i];
+    if (seen >= rank) return Math.min(((i + 1) * BUCKET_US) / 1000, st.max);
+  }
+  return st.max;
+}
+
+// Scan a frame for publications; returns how many it held.
+function scanFrame(buf, client) {
+  let i = buf.indexOf(MARK);
+  if (i < 0) return 0;
+  const recvUs = nowUs();
+  let count = 0;
+  while (i >= 0) {
+    let p = i + MARK.length;
+    let c;
+    let step = 0;
+    while ((c = buf[p++]) !== 124) step = step * 10 + (c - 48); // up to '|'
+    while (buf[p++] !== 124); // skip the sequence number
+    let sent = 0;
+    while ((c = buf[p]) >= 48 && c <= 57) {
+      sent = sent * 10 + (c - 48);
+      p++;
+    }
+    count++;
+    if (step === 0) {
+      if (!client.probed) {
+        client.probed = true;
+        probedCount++;
+      }
+    } else {
+      const st = stepStats(step);
+      if (st.closed) {
+        st.late++;
+      } else {
+        const latency = recvUs - sent;
+        st.received++;
+        if (latency > st.max) st.max = latency;
+        const bucket = Math.floor(latency / BUCKET_US);
+        st.hist[bucket < BUCKETS ? (bucket < 0 ? 0 : bucket) : BUCKETS - 1]++;
+      }
+    }
+    i = buf.indexOf(MARK, p);
+  }
+  return count;
+}
+
+// --- protocol adapters ----------------------------------------------------------------------
+//
+// An adapter knows how to join a channel and how to publish on one server's protocol; the
+// scenarios only speak of "subscribe", "publish" and "ready". A new peer with a new protocol
+// adds an adapter here and a Peer entry in bench/peers.py.
+
+const PAD = 'x'.repeat(1024);
+
+function content(step, seq) {
+  const head = `B|${step}|${seq}|${nowUs()}|`;
+  const size = spec.contentBytes || 64;
+  return head.length >= size ? head : head + PAD.slice(0, size - head.length);
+}
+
+const adapters = {
+  // kizuna's native protocol: connect with a JWT, subscribe, publish; replies carry the id.
+  kizuna: {
+    open(client, channel) {
+      client.send({ id: 1, method: 'connect', params: { token: spec.token } });
+      if (channel !== null) {
+        client.send({ id: 2, method: 'subscribe', params: { channel } });
+        client.waitFor = 2;
+      } else {
+        client.waitFor = 1;
+      }
+      client.nextId = 2;
+    },
+    control(client, buf) {
+      for (const line of buf.toString('utf8').split('\n')) {
+        if (!line || line.includes('"B|')) continue;
+        const msg = JSON.parse(line);
+        if (msg.id === undefined) continue;
+        if (msg.error) {
+          client.fail(new Error(`kizuna error ${msg.error.code}: ${msg.error.message}`));
+        } else if (msg.id === client.waitFor) {
+          client.ready();
+        }
+      }
+    },
+    publish(client, channel, text) {
+      client.ws.send(
+        `{"id":${++client.nextId},"method":"publish","params":{"channel":${JSON.stringify(
+          channel,
+        )},"data":{"user":"bench","content":"${text}"}}}`,
+      );
+    },
+  },
+  // The guide's chat protocol (section 5): {type: subscribe|message}; no replies at all, so a
+  // subscription is known to be live only when a probe publication arrives through it.
+  guide: {
+    open(client, channel) {
+      if (channel !== null) client.send({ type: 'subscribe', channel });
+      client.ready();
+    },
+    control() {},
+    publish(client, channel, text) {
+      client.ws.send(
+        `{"type":"message","channel":${JSON.stringify(channel)},"user":"bench","content":"${text}"}`,
+      );
+    },
+  },
+};
+
+const adapter = adapters[spec.protocol];
+if (!adapter) throw new Error(`unknown protocol ${spec.protocol}`);
+
+// --- connections ----------------------------------------------------------------------------
+
+let probedCount = 0;
+const disconnects = {};
+let unexpectedCloses = 0;
+let shuttingDown = false;
+
+// Open one connection; resolves once the adapter says it is subscribed (or, for a publisher,
+// connected). channel === null opens a publisher.
+function openClient(channel) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(spec.url, {
+      perMessageDeflate: false,
+      skipUTF8Validation: spec.skipUtf8 ?? true,
+      handshakeTimeout: 30000,
+    });
+    let settled = false;
+    const client = {
+      ws,
+      channel,
+      probed: false,
+      isReady: false,
+      received: 0,
+      acks: 0,
+      errors: 0,
+      send(obj) {
+        ws.send(JSON.stringify(obj));
+      },
+      ready() {
+        client.isReady = true;
+        if (!settled) {
+          settled = true;
+          clearTimeout(timer);
+          resolve(client);
+        }
+      },
+      fail(err) {
+        if (!settled) {
+          settled = true;
+          clearTimeout(timer);
+          ws.terminate();
+          reject(err);
+        } else {
+          client.errors++;
+        }
+      },
+    };
+    const timer = setTimeout(() => client.fail(new Error('not ready after 30 s')), 30000);
+    ws.on('open', () => adapter.open(client, channel));
+    ws.on('message', (buf) => {
+      const n = scanFrame(buf, client);
+      client.received += n;
+      if (!client.isReady) {
+        adapter.control(client, buf);
+      } else if (channel === null) {
+        // Publisher: count acknowledgements and errors without parsing every reply.
+        client.acks += countOccurrences(buf, RESULT);
+        client.errors += countOccurrences(buf, ERROR);
+      }
+    });
+    ws.on('error', (err) => client.fail(err));
+    ws.on('close', (code) => {
+      if (!shuttingDown) {
+        unexpectedCloses++;
+        disconnects[code] = (disconnects[code] || 0) + 1;
+      }
+      client.fail(new Error(`closed with ${code} before ready`));
+    });
+  });
+}
+
+const RESULT = Buffer.from('"result"');
+const ERROR = Buffer.from('"error"');
+
+function countOccurrences(buf, needle) {
+  let n = 0;
+  let i = buf.indexOf(needle);
+  while (i >= 0) {
+    n++;
+    i = buf.indexOf(needle, i + needle.length);
+  }
+  return n;
+}
+
+async function openMany(n, channelOf) {
+  const clients = [];
+  const errors = {};
+  let next = 0;
+  let failed = 0;
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      try {
+        clients.push(await openClient(channelOf(i)));
+      } catch (err) {
+        failed++;
+        const key = String(err.message || err).slice(0, 120);
+        errors[key] = (errors[key] || 0) + 1;
+      }
+    }
+  }
+  const concurrency = Math.min(spec.connectConcurrency || 100, n);
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return { clients, failed, errors };
+}
+
+// Publish probe publications (step 0) on every channel until each subscriber got one.
+async function probe(publisher, channels, subscribers, timeoutMs) {
+  const deadline = performance.now() + timeoutMs;
+  let seq = 0;
+  while (probedCount < subscribers && performance.now() < deadline) {
+    for (const channel of channels) adapter.publish(publisher, channel, content(0, ++seq));
+    await until(() => probedCount >= subscribers, 250);
+  }
+  return probedCount >= subscribers;
+}
+
+function closeAll(clients) {
+  shuttingDown = true;
+  for (const c of clients) c.ws.terminate();
+}
+
+// --- scenarios ------------------------------------------------------------------------------
+
+async function fanout() {
+  const n = spec.subscribers;
+  const channel = spec.channel;
+  log(`fanout: opening ${n} subscribers on ${channel}`);
+  const t0 = performance.now();
+  const opened = await openMany(n, () => channel);
+  const subs = opened.clients;
+  log(`fanout: ${subs.length} subscribed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  if (opened.failed) {
+    emit({ event: 'result', ok: false, error: 'subscribers failed', errors: opened.errors });
+    return;
+  }
+  const publisher = await openClient(null);
+  if (!(await probe(publisher, [channel], n, 60000))) {
+    emit({ event: 'result', ok: false, error: `probe: ${probedCount}/${n} subscribers live` });
+    return;
+  }
+  await sleep(spec.settleMs ?? 1000); // let join/leave and probe traffic die down
+  log(`fanout: steps start (rates ${spec.rates.join(', ')} msg/s, ${spec.stepSeconds} s each)`);
+
+  const results = [];
+  let stepId = 0;
+  let best = null;
+  for (const rate of spec.rates) {
+    let attempt = 0;
+    let passed = false;
+    while (attempt <= (spec.retries ?? 1) && !passed) {
+      attempt++;
+      const r = await runStep(++stepId, rate, publisher, subs);
+      r.attempt = attempt;
+      results.push(r);
+      emit({ event: 'step', ...r });
+      passed = r.pass;
+      if (r.disconnects > 0) break; // subscribers are gone: a retry would measure nothing
+      if (!passed) await sleep(1000); // let a backlog drain before retrying
+    }
+    if (!passed) break;
+    best = results[results.length - 1];
+  }
+  const genCpu = Math.max(...results.map((r) => r.cpu.generator));
+  emit({
+    event: 'result',
+    ok: true,
+    scenario: 'fanout',
+    subscribers: subs.length,
+    steps: results,
+    best,
+    maxGeneratorCpu: genCpu,
+    publisherAcks: publisher.acks,
+    publisherErrors: publisher.errors,
+  });
+  closeAll([...subs, publisher]);
+}
+
+async function runStep(stepId, rate, publisher, subs) {
+  const st = stepStats(stepId);
+  const seconds = spec.stepSeconds;
+  const total = Math.max(1, Math.round(rate * seconds));
+  const closesBefore = unexpectedCloses;
+  const live = subs.filter((c) => c.ws.readyState === WebSocket.OPEN).length;
+  const cpu0 = cpuSnapshot();
+  const start = performance.now();
+  let sent = 0;
+  await new Promise((resolve) => {
+    function tick() {
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
+      while (sent < due) adapter.publish(publisher, spec.channel, content(stepId, ++sent));
+      if (sent >= total) resolve();
+      else setTimeout(tick, 1);
+    }
+    tick();
+  });
+  const cpu1 = cpuSnapshot();
+  const publishSeconds = (performance.now() - start) / 1000;
+  const expected = sent * live;
+  await until(() => st.received >= expected, (spec.drainSeconds ?? 3) * 1000);
+  st.closed = true;
+  const lost = Math.max(0, expected - st.received);
+  const p99 = percentile(st, 0.99);
+  const disconnectsNow = unexpectedCloses - closesBefore;
+  return {
+    step: stepId,
+    rate,
+    sent,
+    publishRate: Math.round(sent / publishSeconds),
+    subscribers: live,
+    expected,
+    received: st.received,
+    lost,
+    deliveriesPerSecond: Math.round(st.received / publishSeconds),
+    p50: percentile(st, 0.5),
+    p99,
+    max: st.max / 1000,
+    disconnects: disconnectsNow,
+    cpu: cpuPercent(cpu0, cpu1),
+    pass: lost === 0 && disconnectsNow === 0 && p99 !== null && p99 < spec.p99LimitMs,
+  };
+}
+
+async function idle() {
+  const n = spec.connections;
+  const nChannels = spec.channels;
+  const channelName = (i) => `${spec.channelPrefix}${i % nChannels}`;
+  await sleep(500);
+  const before = rssKb(spec.rssPid);
+  log(`idle: server RSS ${before} kB; opening ${n} connections over ${nChannels} channels`);
+  const cpu0 = cpuSnapshot();
+  const t0 = performance.now();
+  const opened = await openMany(n, channelName);
+  const connectSeconds = (performance.now() - t0) / 1000;
+  const cpu1 = cpuSnapshot();
+  log(`idle: ${opened.clients.length} subscribed in ${connectSeconds.toFixed(1)} s`);
+  if (opened.failed) {
+    emit({ event: 'result', ok: false, error: 'connections failed', errors: opened.errors });
+    closeAll(opened.clients);
+    return;
+  }
+  const publisher = await openClient(null);
+  const channels = Array.from({ length: nChannels }, (_, i) => channelName(i));
+  const live = await probe(publisher, channels, n, 60000);
+  await sleep(spec.settleMs ?? 2000);
+  const after = rssKb(spec.rssPid);
+  const result = {
+    event: 'result',
+    ok: live,
+    scenario: 'idle',
+    connections: opened.clients.length,
+    probed: probedCount,
+    connectSeconds: Math.round(connectSeconds * 100) / 100,
+    connectsPerSecond: Math.round(n / connectSeconds),
+    connectCpu: cpuPercent(cpu0, cpu1),
+    rssBeforeKb: before,
+    rssAfterKb: after,
+    kbPerConnection: Math.round(((after - before) / n) * 100) / 100,
+    unexpectedCloses,
+  };
+  if (!live) result.error = `probe: ${probedCount}/${n} connections live`;
+  emit(result);
+  closeAll([...opened.clients, publisher]);
+}
+
+const scenarios = { fanout, idle };
+
+scenarios[spec.scenario]()
+  .then(() => setTimeout(() => process.exit(0), 200))
+  .catch((err) => {
+    emit({ event: 'result', ok: false, error: String((err && err.stack) || err) });
+    process.exit(1);
+  });

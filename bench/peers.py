@@ -1,0 +1,255 @@
+"""The servers a benchmark runs against: kizuna in a few configurations, and its peers.
+
+A peer is a command that starts a server on a given port plus the name of the load
+generator's protocol adapter that talks to it (``kizuna`` or ``guide``; see
+bench/loadgen/loadgen.js). Adding a peer is adding one :class:`Peer` to :data:`PEERS`
+(and, for a new wire protocol, one adapter in the generator).
+
+Every server is started fresh for each scenario, pinned to the server core, and
+stopped afterwards, so no scenario inherits another one's memory or connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+
+from bench import procs
+
+__all__ = ["PEERS", "Peer", "RunningServer", "Settings", "running"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+KIZUNA_CONFIG = BENCH_DIR / "kizuna-bench.toml"
+JWT_SECRET = "bench-secret-" + "0123456789abcdef" * 3  # HS256 needs at least 32 bytes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to pin, where to write logs."""
+
+    out: Path
+    server_cpu: int | None = 0
+    loadgen_cpu: int | None = 1
+
+
+@dataclass
+class RunningServer:
+    """A started peer: what the load generator needs to reach it and to measure it."""
+
+    peer: Peer
+    port: int
+    proc: subprocess.Popen[bytes]
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.peer.path}"
+
+    @property
+    def cpu_pids(self) -> list[int]:
+        """The server and what serves with it (Redis): their CPU is the system's cost."""
+        return [self.proc.pid, *(h.pid for h in self.helpers)]
+
+
+Command = Callable[[int, dict[str, int]], tuple[list[str], dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    protocol: str
+    """The load generator's adapter: ``kizuna`` (native protocol) or ``guide`` (section 5)."""
+    command: Command
+    """(port, helper ports) -> (argv, extra environment)."""
+    description: str
+    fanout_channel: str
+    idle_prefix: str
+    path: str = "/"
+    python: bool = False
+    """A Python process: py-spy can profile it."""
+    npm_dir: Path | None = None
+    """Node dependencies to install (``npm ci``) before the first start."""
+    redis: bool = False
+    """Needs a private redis-server (started on a free port, pinned with the server)."""
+
+    def token(self) -> str:
+        if self.protocol != "kizuna":
+            return ""
+        now = int(time.time())
+        claims = {"sub": "bench", "iat": now, "exp": now + 3600}
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def _kizuna_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    script = Path(sys.executable).with_name("kizuna")
+    prefix = [str(script)] if script.exists() else [sys.executable, "-m", "kizuna.cli"]
+    argv = [
+        *prefix,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--log-level",
+        "warning",
+        "--config",
+        str(KIZUNA_CONFIG),
+    ]
+    return argv, {}
+
+
+def _py_websockets_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    script = BENCH_DIR / "peers" / "py_websockets_server.py"
+    return [sys.executable, str(script), "--port", str(port)], {}
+
+
+def _node_command(directory: str, *preload: str) -> Command:
+    def command(port: int, helpers: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+        base = BENCH_DIR / "peers" / directory
+        argv = ["node"]
+        for module in preload:
+            argv += ["-r", str(base / module)]
+        argv.append(str(base / "server.js"))
+        env = {"BENCH_PORT": str(port)}
+        if "redis" in helpers:
+            env["BENCH_REDIS_PORT"] = str(helpers["redis"])
+        return argv, env
+
+    return command
+
+
+PEERS: dict[str, Peer] = {
+    peer.name: peer
+    for peer in [
+        Peer(
+            name="kizuna",
+            protocol="kizuna",
+            command=_kizuna_command,
+            description="kizuna serve, memory broker, namespace `bench` "
+            "(no history, no presence, no join/leave)",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-history",
+            protocol="kizuna",
+            command=_kizuna_command,
+            description="kizuna serve, memory broker, namespace `hist` "
+            "(history 100, no presence, no join/leave)",
+            fanout_channel="hist:fanout",
+            idle_prefix="hist:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-chat",
+            protocol="kizuna",
+            command=_kizuna_command,
+            description="kizuna serve, memory broker, default namespace `chat` "
+            "(history 100, presence, join/leave)",
+            fanout_channel="chat:fanout",
+            idle_prefix="chat:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="py-websockets",
+            protocol="guide",
+            command=_py_websockets_command,
+            description="websockets 17 (asyncio API, uvloop), websockets.broadcast(), "
+            "the guide's JSON protocol",
+            fanout_channel="chat:fanout",
+            idle_prefix="room-",
+            python=True,
+        ),
+        Peer(
+            name="node-ws-local",
+            protocol="guide",
+            command=_node_command("node-ws-local"),
+            description="the guide's Node.js ws server with in-process fan-out (no Redis)",
+            fanout_channel="chat:fanout",
+            idle_prefix="room-",
+            npm_dir=BENCH_DIR / "peers" / "node-ws-local",
+        ),
+        Peer(
+            name="seed-node",
+            protocol="guide",
+            command=_node_command("seed-node", "bench-shim.js"),
+            description="the guide's Node.js ws + ioredis server, verbatim (section 5), "
+            "with a private redis-server",
+            fanout_channel="chat:fanout",
+            idle_prefix="room-",
+            npm_dir=BENCH_DIR / "peers" / "seed-node",
+            redis=True,
+        ),
+    ]
+}
+
+
+def npm_ci(directory: Path) -> None:
+    """Install a Node package's locked dependencies once (node_modules is git-ignored)."""
+    if (directory / "node_modules").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm not found: Node.js 20+ and npm are needed for the benchmarks")
+    subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory, check=True
+    )
+
+
+@contextlib.contextmanager
+def running(peer: Peer, settings: Settings, label: str) -> Iterator[RunningServer]:
+    """Start ``peer`` (and its Redis) pinned to the server core; stop both afterwards."""
+    if peer.npm_dir is not None:
+        npm_ci(peer.npm_dir)
+    logs = settings.out / "logs"
+    helpers: list[subprocess.Popen[bytes]] = []
+    helper_ports: dict[str, int] = {}
+    proc = None
+    try:
+        if peer.redis:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError("redis-server not found (apt-get install redis-server)")
+            redis_port = procs.free_port()
+            redis_dir = settings.out / "redis" / secrets.token_hex(4)
+            redis_dir.mkdir(parents=True)
+            argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no", "--dir", str(redis_dir)]
+            redis = procs.start(
+                procs.pinned(settings.server_cpu, argv), log=logs / f"{label}-redis.log"
+            )
+            helpers.append(redis)
+            procs.wait_for_port(redis_port, redis)
+            helper_ports["redis"] = redis_port
+        port = procs.free_port()
+        argv, env = peer.command(port, helper_ports)
+        proc = procs.start(
+            procs.pinned(settings.server_cpu, argv), env=env, log=logs / f"{label}.log"
+        )
+        procs.wait_for_port(port, proc)
+        yield RunningServer(peer, port, proc, helpers)
+    finally:
+        procs.stop(proc)
+        for helper in helpers:
+            procs.stop(helper)

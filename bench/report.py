@@ -1,0 +1,197 @@
+"""Turn a run's results into Markdown: one summary table per scenario, with ratios.
+
+Ratios compare the reference server (``kizuna`` unless told otherwise) with each
+other server of the same run: the only comparison a shared, noisy machine supports.
+For fan-out a ratio above 1 means kizuna delivered more; for memory per connection a
+ratio below 1 means kizuna used less.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.profile import markdown as profile_markdown
+
+__all__ = ["render"]
+
+GENERATOR_BUSY = 80.0
+"""Generator CPU (% of its core) from which a failing step may be the generator's limit."""
+
+Results = dict[str, dict[str, dict[str, Any]]]
+"""peer -> scenario -> result."""
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(mine: float | None, theirs: float | None) -> str:
+    if not mine or not theirs:
+        return "—"
+    return f"{mine / theirs:.2f}"
+
+
+def _best_rate(result: dict[str, Any]) -> float | None:
+    best = result.get("best") if result.get("ok") else None
+    return float(best["deliveriesPerSecond"]) if best else None
+
+
+def _topped(result: dict[str, Any]) -> bool:
+    """The ladder ended without a failing step: the server's limit is above the ladder."""
+    return bool(result.get("ok")) and all(s["pass"] for s in result.get("steps", []))
+
+
+def _fanout_ratio(mine: dict[str, Any] | None, theirs: dict[str, Any]) -> str:
+    if mine is None:
+        return "—"
+    text = _ratio(_best_rate(mine), _best_rate(theirs))
+    if text == "—" or mine is theirs:
+        return text
+    if _topped(mine) and _topped(theirs):
+        return "— (both above the ladder)"
+    if _topped(mine):
+        return "≥ " + text
+    if _topped(theirs):
+        return "≤ " + text
+    return text
+
+
+def _why(step: dict[str, Any]) -> str:
+    why = []
+    if step["lost"]:
+        why.append(f"lost {step['lost']:,}")
+    if step["disconnects"]:
+        why.append(f"{step['disconnects']} disconnects")
+    why.append(f"p99 {_fmt(step['p99'])} ms")
+    if step["cpu"]["generator"] >= GENERATOR_BUSY:
+        why.append(f"generator busy ({_fmt(step['cpu']['generator'])}% CPU)")
+    return f"{step['rate']}/s: " + ", ".join(why)
+
+
+def _waiting(cpu: dict[str, Any]) -> str:
+    return f"{_fmt(cpu.get('serverWaiting'))} / {_fmt(cpu.get('generatorWaiting'))}"
+
+
+def _fanout(results: Results, reference: str) -> list[str]:
+    rows = {p: r["fanout"] for p, r in results.items() if "fanout" in r}
+    if not rows:
+        return []
+    mine = rows.get(reference)
+    lines = [
+        "### Fan-out: highest rate with no loss and p99 under the limit",
+        "",
+        "| server | subscribers | publish msg/s | deliveries/s | p50 ms | p99 ms | max ms "
+        "| server CPU % | generator CPU % | waiting for CPU % (server / generator) "
+        f"| step that ended the ladder | deliveries/s per round | {reference} ÷ server |",
+        "| --- " + "| ---: " * 9 + "| --- | --- | ---: |",
+    ]
+    for peer, result in rows.items():
+        if not result.get("ok"):
+            lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 11)
+            continue
+        best = result.get("best") or {}
+        cpu = best.get("cpu", {})
+        last = result["steps"][-1] if result["steps"] else None
+        first_fail = _why(last) if last and not last["pass"] else "none (above the ladder)"
+        rounds = ", ".join(_fmt(int(r)) if r >= 0 else "none" for r in result.get("rounds", []))
+        lines.append(
+            f"| {peer} | {_fmt(result['subscribers'])} | {_fmt(best.get('publishRate'))} "
+            f"| {_fmt(best.get('deliveriesPerSecond'))} | {_fmt(best.get('p50'))} "
+            f"| {_fmt(best.get('p99'))} | {_fmt(best.get('max'))} "
+            f"| {_fmt(cpu.get('server'))} | {_fmt(cpu.get('generator'))} | {_waiting(cpu)} "
+            f"| {first_fail} | {rounds} | {_fanout_ratio(mine, result)} |"
+        )
+    lines += [
+        "",
+        "Every step of the reported round (a failing step is tried again before the ladder "
+        "stops; CPU is % of one core over the publishing window):",
+        "",
+        "| server | step | rate/s | sent | deliveries/s | lost | disconnects | p50 ms | p99 ms "
+        "| max ms | server CPU % | generator CPU % | waiting % (server / generator) | pass |",
+        "| --- " + "| ---: " * 12 + "| --- |",
+    ]
+    for peer, result in rows.items():
+        for s in result.get("steps", []):
+            lines.append(
+                f"| {peer} | {s['step']} | {_fmt(s['rate'])} | {_fmt(s['sent'])} "
+                f"| {_fmt(s['deliveriesPerSecond'])} | {_fmt(s['lost'])} | {s['disconnects']} "
+                f"| {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
+                f"| {_fmt(s['cpu']['server'])} | {_fmt(s['cpu']['generator'])} "
+                f"| {_waiting(s['cpu'])} | {'yes' if s['pass'] else 'no'} |"
+            )
+    return [*lines, ""]
+
+
+def _idle(results: Results, reference: str) -> list[str]:
+    rows = {p: r["idle"] for p, r in results.items() if "idle" in r}
+    if not rows:
+        return []
+    ref = rows.get(reference, {})
+    mine = ref.get("kbPerConnection") if ref.get("ok") else None
+    lines = [
+        "### Idle connections: memory per connection",
+        "",
+        "| server | connections | RSS before MB | RSS after MB | KB per connection "
+        f"| connect time s | connects/s | {reference} ÷ server |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for peer, r in rows.items():
+        if not r.get("ok"):
+            lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 6)
+            continue
+        lines.append(
+            f"| {peer} | {_fmt(r['connections'])} | {r['rssBeforeKb'] / 1024:,.1f} "
+            f"| {r['rssAfterKb'] / 1024:,.1f} | {_fmt(r['kbPerConnection'])} "
+            f"| {_fmt(r['connectSeconds'])} | {_fmt(r['connectsPerSecond'])} "
+            f"| {_ratio(mine, r['kbPerConnection'])} |"
+        )
+    return [*lines, ""]
+
+
+def _profiles(results: Results) -> list[str]:
+    lines: list[str] = []
+    for peer, scenarios in results.items():
+        for scenario, result in scenarios.items():
+            path = result.get("profile")
+            if not path:
+                continue
+            if not Path(path).exists():
+                lines += [f"### Profile of {peer} ({scenario}): no output", ""]
+                continue
+            lines += [
+                f"### Profile of {peer} during {scenario} (py-spy, top 10 by self time)",
+                "",
+                profile_markdown(Path(path), 10),
+                "",
+            ]
+    return lines
+
+
+def render(meta: dict[str, Any], peers: dict[str, str], results: Results, reference: str) -> str:
+    lines = [
+        f"## Run of {meta['date']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}",
+        "",
+        "Servers:",
+        "",
+    ]
+    lines += [f"- **{name}**: {text}" for name, text in peers.items()]
+    lines += [
+        "",
+        f"Plan: {meta['plan']}",
+        "",
+        *_fanout(results, reference),
+        *_idle(results, reference),
+        *_profiles(results),
+    ]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,155 @@
+"""Run the benchmark scenarios against kizuna and its peers, in one invocation.
+
+    .venv/bin/python -m bench.run                      # full run (about 10 minutes)
+    .venv/bin/python -m bench.run --quick              # small sizes, under a minute
+    .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
+
+For each peer and each scenario: start the server fresh, pinned to the server core;
+run the Node load generator pinned to the other core; stop the server. Results go to
+``--out`` (git-ignored): ``results.json``, ``results.md`` (the tables with ratios),
+the generator specs, every process's log, and the py-spy profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.peers import PEERS, Settings, running
+from bench.report import render
+from bench.scenarios import FULL, QUICK, run_scenario
+
+SCENARIOS = ("fanout", "idle")
+DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
+QUICK_PEERS = "kizuna,py-websockets"
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} × {model}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, Node {node}; "
+        f"load average at start {load[0]:.2f} (the machine is shared: compare ratios, "
+        "not absolute figures)"
+    )
+
+
+def _score(result: dict[str, Any]) -> float:
+    best = result.get("best") if result.get("ok") else None
+    return float(best["deliveriesPerSecond"]) if best else -1.0
+
+
+def _better(kept: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The round to report: the one with the highest passing fan-out step (noise only slows)."""
+    if kept is None:
+        new["rounds"] = [_score(new)]
+        return new
+    scores = [*kept.pop("rounds"), _score(new)]
+    chosen = new if _score(new) > _score(kept) else kept
+    chosen["rounds"] = scores
+    return chosen
+
+
+def _cpus(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--peers", default=None, help=f"default: {DEFAULT_PEERS}")
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the Python servers")
+    parser.add_argument("--reference", default="kizuna", help="the numerator of the ratios")
+    parser.add_argument("--server-cpu", default="0", help="core for servers ('none': no pin)")
+    parser.add_argument("--loadgen-cpu", default="1", help="core for the load generator")
+    parser.add_argument("--subscribers", type=int, help="fan-out subscribers")
+    parser.add_argument("--rates", help="fan-out publish rates, comma-separated (msg/s)")
+    parser.add_argument("--step-seconds", type=float)
+    parser.add_argument("--connections", type=int, help="idle connections")
+    parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
+    args = parser.parse_args(argv)
+
+    plan = QUICK if args.quick else FULL
+    overrides: dict[str, Any] = {}
+    if args.subscribers:
+        overrides["subscribers"] = args.subscribers
+    if args.rates:
+        overrides["rates"] = [int(r) for r in args.rates.split(",")]
+    if args.step_seconds:
+        overrides["step_seconds"] = args.step_seconds
+    if args.connections:
+        overrides["idle_connections"] = args.connections
+    if args.rounds:
+        overrides["rounds"] = args.rounds
+    plan = dataclasses.replace(plan, **overrides)
+
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    peers = [
+        p for p in (args.peers or (QUICK_PEERS if args.quick else DEFAULT_PEERS)).split(",") if p
+    ]
+    for name in peers:
+        if name not in PEERS:
+            parser.error(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+    for name in scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings(out, _cpus(args.server_cpu), _cpus(args.loadgen_cpu))
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
+        "machine": _machine(),
+        "plan": json.dumps(dataclasses.asdict(plan)),
+        "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
+    }
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    # Scenario by scenario, round by round, server by server: a slow spell of the shared
+    # machine then falls on every server's round, not on one server's whole ladder.
+    for scenario in scenarios:
+        rounds = plan.rounds if scenario == "fanout" else 1
+        for round_no in range(1, rounds + 1):
+            for name in peers:
+                label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
+                with running(PEERS[name], settings, label) as server:
+                    result = run_scenario(scenario, server, plan, settings, label, args.profile)
+                result["round"] = round_no
+                kept = results.setdefault(name, {})
+                kept[scenario] = _better(kept.get(scenario), result)
+                (out / "results.json").write_text(
+                    json.dumps({"meta": meta, "results": results}, indent=2)
+                )
+    report = render(meta, {n: PEERS[n].description for n in peers}, results, args.reference)
+    (out / "results.md").write_text(report)
+    print(report)
+    failed = [f"{p}/{s}" for p, r in results.items() for s, v in r.items() if not v.get("ok")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The scenarios: what the load generator does against one running server.
+
+fanout
+    N subscribers on one channel and one publisher. The publisher climbs a ladder of
+    publish rates; each step runs for a fixed time, then waits (bounded) for the last
+    deliveries. A step passes when nothing was lost, nobody was disconnected and the
+    delivery latency's p99 is under the limit. A failing step is tried once more (the
+    machine is shared: one noisy neighbour should not end the ladder); a second failure
+    ends it. The figure of merit is the highest passing step, in deliveries per second.
+
+idle
+    N connections spread over C channels, every one subscribed and proven live by a
+    probe publication on each channel. Memory per connection is the server's RSS
+    after minus before, divided by N.
+
+Both stop by themselves: the ladder and every wait are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from bench.peers import BENCH_DIR, RunningServer, Settings, npm_ci
+
+__all__ = ["FULL", "QUICK", "Plan", "run_scenario"]
+
+LOADGEN_DIR = BENCH_DIR / "loadgen"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one benchmark run."""
+
+    subscribers: int = 1000
+    rates: list[int] = field(
+        default_factory=lambda: [10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500]
+    )
+    """Publish rates (messages/s) on the fan-out channel, climbed in order."""
+    step_seconds: float = 4.0
+    drain_seconds: float = 3.0
+    retries: int = 1
+    """How many times a failing step is tried again before the ladder stops."""
+    rounds: int = 2
+    """Fan-out ladders per server, interleaved across servers; the best round counts."""
+    p99_limit_ms: float = 100.0
+    content_bytes: int = 64
+    """Size of the ``content`` string of each publication (the whole message is larger)."""
+    idle_connections: int = 10_000
+    idle_channels: int = 100
+    connect_concurrency: int = 100
+
+
+FULL = Plan()
+QUICK = Plan(
+    subscribers=100,
+    rates=[100, 500, 2000],
+    step_seconds=2.0,
+    drain_seconds=2.0,
+    retries=0,
+    rounds=1,
+    idle_connections=500,
+    idle_channels=10,
+)
+
+
+def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
+    peer = server.peer
+    spec: dict[str, Any] = {
+        "scenario": scenario,
+        "protocol": peer.protocol,
+        "url": server.url,
+        "token": peer.token(),
+        "serverPids": server.cpu_pids,
+        "rssPid": server.pid,
+        "clkTck": os.sysconf("SC_CLK_TCK"),
+        "contentBytes": plan.content_bytes,
+        "connectConcurrency": plan.connect_concurrency,
+    }
+    if scenario == "fanout":
+        spec.update(
+            channel=peer.fanout_channel,
+            subscribers=plan.subscribers,
+            rates=plan.rates,
+            stepSeconds=plan.step_seconds,
+            drainSeconds=plan.drain_seconds,
+            retries=plan.retries,
+            p99LimitMs=plan.p99_limit_ms,
+        )
+    elif scenario == "idle":
+        spec.update(
+            connections=plan.idle_connections,
+            channels=plan.idle_channels,
+            channelPrefix=peer.idle_prefix,
+        )
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    return spec
+
+
+class Profiler:
+    """``py-spy record`` on the server during the measured part of a scenario."""
+
+    def __init__(self, pid: int, output: Path) -> None:
+        self.pid = pid
+        self.output = output
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(pyspy).exists() and shutil.which(pyspy) is None:
+            raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
+        argv = [pyspy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250"]
+        argv += ["--nonblocking", "--output", str(self.output)]
+        log = self.output.with_suffix(".log")
+        self.proc = procs.start(argv, log=log)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_scenario(
+    scenario: str,
+    server: RunningServer,
+    plan: Plan,
+    settings: Settings,
+    label: str,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """Run one scenario with the load generator; returns its result (plus the steps)."""
+    npm_ci(LOADGEN_DIR)
+    spec_path = settings.out / "specs" / f"{label}.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(_spec(scenario, server, plan), indent=2))
+    argv = ["node", str(LOADGEN_DIR / "loadgen.js"), str(spec_path)]
+    gen = procs.start(
+        procs.pinned(settings.loadgen_cpu, argv),
+        log=settings.out / "logs" / f"{label}-loadgen.log",
+        stdout=subprocess.PIPE,
+    )
+    profiler = None
+    if profile and server.peer.python and scenario == "fanout":
+        profiler = Profiler(server.pid, settings.out / f"profile-{label}.txt")
+    result: dict[str, Any] = {"ok": False, "error": "the load generator printed no result"}
+    started = time.monotonic()
+    assert gen.stdout is not None
+    try:
+        for raw in gen.stdout:
+            event = json.loads(raw)
+            kind = event.pop("event")
+            if kind == "log":
+                _say(label, event["msg"])
+                if profiler is not None and event["msg"].startswith("fanout: steps"):
+                    profiler.start()
+            elif kind == "step":
+                _say(label, _step_line(event))
+            elif kind == "result":
+                result = event
+        gen.wait(30)
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        procs.stop(gen)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if profiler is not None:
+        result["profile"] = str(profiler.output)
+    if not result.get("ok"):
+        _say(label, f"FAILED: {result.get('error')} {result.get('errors', '')}")
+    return result
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    verdict = "pass" if step["pass"] else "FAIL"
+    return (
+        f"{step['rate']:>5}/s x{step['subscribers']} {verdict}: "
+        f"{step['deliveriesPerSecond']:>8} deliveries/s, lost {step['lost']}, "
+        f"p50 {step['p50']} ms p99 {step['p99']} ms max {step['max']:.1f} ms, "
+        f"cpu server {step['cpu']['server']}% generator {step['cpu']['generator']}%"
+    )
+
+
+def _say(label: str, message: str) -> None:
+    print(f"[{label}] {message}", file=sys.stderr, flush=True)
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    return asdict(plan)
