@@ -86,6 +86,20 @@ class Config:
     history_max_limit: int = field(
         default=1000, metadata=_doc("most publications one history/recovery answer returns")
     )
+    max_connections_per_ip: int = field(default=0, metadata=_doc("per client IP; 0: no limit"))
+    command_rate: float = field(
+        default=0.0, metadata=_doc("commands per second per connection (111, then 4005); 0: off")
+    )
+    command_burst: int = field(default=50, metadata=_doc("burst above command_rate"))
+    token_expiry_grace: float = field(
+        default=10.0, metadata=_doc("seconds to refresh after a token expires (3006)")
+    )
+    drain_window: float = field(
+        default=5.0, metadata=_doc("seconds over which SIGTERM closes clients (3001, jittered)")
+    )
+    handshake_timeout: float = field(
+        default=10.0, metadata=_doc("seconds a new TCP connection has to send its headers")
+    )
     presence_ttl: float = field(
         default=60.0, metadata=_doc("seconds a presence entry lives unless refreshed")
     )
@@ -101,19 +115,9 @@ class Config:
     )
 
     def node_options(self) -> NodeOptions:
-        return NodeOptions(
-            namespaces=self.namespaces,
-            max_message_size=self.max_message_size,
-            client_queue_max_bytes=self.client_queue_max_bytes,
-            connect_timeout=self.connect_timeout,
-            max_channels_per_connection=self.max_channels_per_connection,
-            max_connections=self.max_connections,
-            max_connections_per_user=self.max_connections_per_user,
-            history_max_limit=self.history_max_limit,
-            presence_ttl=self.presence_ttl,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-        )
+        """The core's options: every NodeOptions field has a Config field of the same name."""
+        values = {f.name: getattr(self, f.name) for f in fields(NodeOptions)}
+        return NodeOptions(**values)
 
     def public_key_pem(self) -> str | None:
         key = self.jwt_public_key
@@ -190,12 +194,18 @@ def _check(cfg: Config) -> list[str]:
         "connect_timeout",
         "ping_interval",
         "history_max_limit",
+        "handshake_timeout",
     ):
         if getattr(cfg, name) <= 0:
             problems.append(f"{name}: must be greater than 0")
     for name in (
         "ping_timeout",
         "max_connections",
+        "max_connections_per_ip",
+        "command_rate",
+        "command_burst",
+        "token_expiry_grace",
+        "drain_window",
         "max_connections_per_user",
         "max_channels_per_connection",
         "presence_ttl",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import socket
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -37,6 +39,7 @@ from kizuna.observability.stats import snapshot
 from kizuna.observability.tracing import tracing_requested
 from kizuna.transports.common import HandshakeSettings
 from kizuna.transports.http_api import api_routes, json_response
+from kizuna.transports.http_guard import guarded_http_protocol
 from kizuna.transports.http_publish import publish_route
 from kizuna.transports.longpoll import longpoll_route
 from kizuna.transports.sse import SSEEndpoint
@@ -174,7 +177,9 @@ class Server:
             host=cfg.host,
             port=cfg.port,
             loop="uvloop",
-            http="httptools",
+            http=guarded_http_protocol(
+                cfg.handshake_timeout, lambda: self.node.events.limit_refused("handshake_timeout")
+            ),
             ws="websockets-sansio",
             # The framing layer refuses to buffer frames far over the limit (1009);
             # frames just over it reach the client and close with 4004.
@@ -189,25 +194,34 @@ class Server:
         )
 
     async def serve(self) -> None:
-        await _UvicornServer(self.uvicorn_config(), self.node).serve()
+        await _UvicornServer(self.uvicorn_config(), self.node, self.config.drain_window).serve()
 
 
 class _UvicornServer(uvicorn.Server):
     """uvicorn, but clients are closed with kizuna's codes before uvicorn closes sockets.
 
-    uvicorn's own shutdown closes WebSockets with 1012 before the lifespan ends;
-    closing them first tells each client 3001 (reconnect, elsewhere) and flushes
-    what was queued for it.
+    On SIGTERM: stop accepting (readiness is false from then on), then close the
+    clients with 3001 — reconnect advice, queued messages flushed — spread over
+    ``drain_window``, then let uvicorn finish. uvicorn's own shutdown would close
+    WebSockets with 1012 all at once, before the lifespan ends.
     """
 
-    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+    def __init__(self, config: uvicorn.Config, node: Node, drain_window: float) -> None:
         super().__init__(config)
         self._node = node
+        self._drain_window = drain_window
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and self._captured_signals[-1:] == [sig]:
+            # uvicorn re-raises the signal after shutting down, so the process would die
+            # of it; a drained SIGTERM is a clean exit, status 0.
+            self._captured_signals.pop()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:  # stop accepting first
             server.close()
-        await self._node.close_clients()
+        await self._node.close_clients(window=self._drain_window)
         await super().shutdown(sockets)
 
 

@@ -296,7 +296,7 @@ async def test_unsubscribe_stops_delivery_and_releases_the_broker_subscription()
 
 
 async def test_token_expiry_closes_with_3006_unless_refreshed() -> None:
-    node = await make_node(auth_ttl=0.3)
+    node = await make_node(auth_ttl=0.3, token_expiry_grace=0.1)
     client, transport = await connected(node)
     await asyncio.sleep(0.15)
     await client.handle_frame(cmd(2, "refresh", token="alice"))
@@ -395,3 +395,71 @@ async def test_anonymous_connection_cannot_refresh_into_a_user() -> None:
     assert transport.reply(2)["error"]["code"] == 103
     assert client.user == ""
     assert "bob" not in node.users
+
+
+async def test_command_rate_answers_111_then_closes_with_4005() -> None:
+    node = await make_node(command_rate=1, command_burst=3)
+    client, transport = await connected(node)  # the connect took one token
+    frame = b"\n".join(cmd(i, "ping") for i in range(2, 8))
+    await client.handle_frame(frame)
+    await settle()
+    codes = [m.get("error", {}).get("code") for m in transport.messages() if m.get("id", 1) > 1]
+    assert codes == [None, None, 111, 111, 111]  # 2 tokens left, then refused...
+    assert transport.closed is not None
+    assert transport.closed[0] == DisconnectCode.TOO_MANY_REQUESTS  # ...and closed past the burst
+
+
+async def test_command_rate_refills() -> None:
+    node = await make_node(command_rate=20, command_burst=1)
+    client, transport = await connected(node)
+    for i in range(2, 6):
+        await asyncio.sleep(0.06)  # slower than 20/s: never refused
+        await client.handle_frame(cmd(i, "ping"))
+    await settle()
+    assert all("result" in transport.reply(i) for i in range(2, 6))
+
+
+async def test_connections_per_ip() -> None:
+    node = await make_node(max_connections_per_ip=2)
+    clients = []
+    for i in range(3):
+        transport = RecordingTransport()
+        client = Client(node, transport, remote_addr=f"10.0.0.1:{5000 + i}")
+        await client.handle_frame(cmd(1, "connect", token=f"u{i}"))
+        clients.append((client, transport))
+    assert [t.closed for _, t in clients[:2]] == [None, None]
+    assert clients[2][1].closed is not None
+    assert clients[2][1].closed[0] == DisconnectCode.CONNECTION_LIMIT
+    other = Client(node, RecordingTransport(), remote_addr="10.0.0.2:1")
+    await other.handle_frame(cmd(1, "connect", token="x"))
+    assert other.state is ClientState.CONNECTED
+    await clients[0][0].close(DisconnectCode.SHUTDOWN)
+    again = Client(node, RecordingTransport(), remote_addr="10.0.0.1:9")
+    await again.handle_frame(cmd(1, "connect", token="y"))
+    assert again.state is ClientState.CONNECTED
+
+
+async def test_drain_spreads_closes_and_advises_reconnect() -> None:
+    node = await make_node()
+    transports = [(await connected(node, f"u{i}"))[1] for i in range(10)]
+    await settle()
+    started = time.monotonic()
+    closed_at: dict[int, float] = {}
+
+    async def watch(i: int, t: RecordingTransport) -> None:
+        await _closed(t)
+        closed_at[i] = time.monotonic() - started
+
+    watchers = [asyncio.create_task(watch(i, t)) for i, t in enumerate(transports)]
+    await node.close_clients(DisconnectCode.SHUTDOWN, window=0.5)
+    await asyncio.gather(*watchers)
+    assert max(closed_at.values()) >= 0.35  # spread over the window, not all at once
+    assert min(closed_at.values()) < 0.1
+    for t in transports:
+        advice = [m for m in t.messages() if m.get("push") == "disconnect"]
+        assert advice[0]["code"] == 3001
+        assert advice[0]["reconnect"] is True
+        assert 0 <= advice[0]["delay_ms"] <= 1000
+        assert t.closed is not None
+        assert t.closed[0] == DisconnectCode.SHUTDOWN
+    assert not await node.ready()

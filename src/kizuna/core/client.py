@@ -70,6 +70,9 @@ class Client:
         "_expiry_timer",
         "_queue",
         "_queued_bytes",
+        "_refilled_at",
+        "_refused",
+        "_tokens",
         "_writer",
         "credentials",
         "id",
@@ -105,6 +108,9 @@ class Client:
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._tokens = float(node.options.command_burst)
+        self._refilled_at = time.monotonic()
+        self._refused = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.info.user!r} {self.state.value}>"
@@ -116,6 +122,27 @@ class Client:
     @property
     def closed(self) -> bool:
         return self.state is ClientState.CLOSED
+
+    @property
+    def ip(self) -> str:
+        """The peer's address without the port ('' when unknown)."""
+        return self.remote_addr.rpartition(":")[0]
+
+    def _take_token(self) -> bool:
+        """The command-rate token bucket: True if this command may run."""
+        rate = self.node.options.command_rate
+        if not rate:
+            return True
+        now = time.monotonic()
+        burst = self.node.options.command_burst
+        self._tokens = min(burst, self._tokens + (now - self._refilled_at) * rate)
+        self._refilled_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._refused = 0
+            return True
+        self._refused += 1
+        return False
 
     # --- outbound ------------------------------------------------------------------------
 
@@ -192,7 +219,14 @@ class Client:
         if self.state is ClientState.CONNECTING and not isinstance(command, Connect):
             await self.close(DisconnectCode.BAD_REQUEST, "connect first")
             return
-        if isinstance(command, CommandRejected):
+        if not self._take_token():
+            self.node.events.limit_refused("command_rate")
+            if self._refused > self.node.options.command_burst:
+                await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
+                return
+            error = ErrorCode.TOO_MANY_REQUESTS
+            self.enqueue(codec.encode_error_reply(command.id, error, ErrorCode(error).description))
+        elif isinstance(command, CommandRejected):
             error = command.code
             self.enqueue(codec.encode_error_reply(command.id, command.code, command.message))
         else:
@@ -276,7 +310,8 @@ class Client:
         expires_at = self.credentials.expires_at if self.credentials else None
         if expires_at is not None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, expires_at - time.time())
+            # Clients refresh before expiry; the grace covers one that is late or reconnecting.
+            delay = max(0.0, expires_at - time.time()) + self.node.options.token_expiry_grace
             self._expiry_timer = loop.call_later(
                 delay, self.close_soon, DisconnectCode.TOKEN_EXPIRED
             )

@@ -49,6 +49,9 @@ class NodeEvents(Protocol):
     def broker_operation(self, operation: str, ok: bool) -> None:
         """The node called its broker; ``ok`` is False when the broker failed."""
 
+    def limit_refused(self, limit: str) -> None:
+        """A configured limit refused something; ``limit`` names it (see docs/operations.md)."""
+
 
 class NoEvents:
     """Reports nowhere."""
@@ -83,6 +86,9 @@ class NoEvents:
         pass
 
     def broker_operation(self, operation: str, ok: bool) -> None:
+        pass
+
+    def limit_refused(self, limit: str) -> None:
         pass
 
 

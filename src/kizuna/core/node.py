@@ -23,6 +23,7 @@ Subscribe, step by step
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class Node:
         self.version = __version__
         self.clients: dict[str, Client] = {}
         self.users: dict[str, set[Client]] = {}
+        self.ips: dict[str, int] = {}
+        """Connections per client IP, for max_connections_per_ip."""
         self.anonymous_allowed = any(ns.allow_anonymous for ns in self.options.namespaces.values())
         self.draining = False
         self._closed = False
@@ -120,11 +123,29 @@ class Node:
     async def start(self) -> None:
         await self.broker.start(self)
 
-    async def close_clients(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
-        """Refuse new clients and close every client with ``code``, after flushing its queue."""
+    async def close_clients(
+        self, code: DisconnectCode = DisconnectCode.SHUTDOWN, window: float = 0.0
+    ) -> None:
+        """Refuse new clients, then close every client with ``code``.
+
+        Each client first gets a ``disconnect`` push with a random ``delay_ms``
+        (reconnect advice) and whatever was queued for it; the closes are spread
+        evenly over ``window`` seconds so that thousands of clients do not all
+        reconnect to the remaining nodes at the same moment.
+        """
         self.draining = True
         clients = list(self.clients.values())
-        await asyncio.gather(*(c.close(code, flush=True) for c in clients))
+        random.shuffle(clients)
+        step = window / len(clients) if clients else 0.0
+
+        async def close_later(client: Client, delay: float) -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            advice = codec.encode_disconnect_push(int(code), code.reason, code.reconnect)
+            client.enqueue(advice[:-1] + b',"delay_ms":%d}' % random.randint(0, 1000))
+            await client.close(code, flush=True)
+
+        await asyncio.gather(*(close_later(c, i * step) for i, c in enumerate(clients)))
 
     async def shutdown(self, code: DisconnectCode = DisconnectCode.SHUTDOWN) -> None:
         """Close every client, let background work finish, then close the broker. Idempotent."""
@@ -161,19 +182,24 @@ class Node:
         opts = self.options
         if self.draining:
             return DisconnectCode.SHUTDOWN
+        ip = client.ip
+        per_user = len(self.users.get(client.user, ())) if client.user else 0
+        per_ip = self.ips.get(ip, 0) if ip else 0
+        refused = None
         if opts.max_connections and len(self.clients) >= opts.max_connections:
-            return DisconnectCode.CONNECTION_LIMIT
-        user_clients = self.users.get(client.user)
-        if (
-            client.user
-            and opts.max_connections_per_user
-            and user_clients is not None
-            and len(user_clients) >= opts.max_connections_per_user
-        ):
+            refused = "connections"
+        elif opts.max_connections_per_user and per_user >= opts.max_connections_per_user:
+            refused = "connections_per_user"
+        elif opts.max_connections_per_ip and per_ip >= opts.max_connections_per_ip:
+            refused = "connections_per_ip"
+        if refused is not None:
+            self.events.limit_refused(refused)
             return DisconnectCode.CONNECTION_LIMIT
         self.clients[client.id] = client
         if client.user:
             self.users.setdefault(client.user, set()).add(client)
+        if ip:
+            self.ips[ip] = self.ips.get(ip, 0) + 1
         self.events.connection_opened(client.transport.name, client.namespace)
         return None
 
@@ -186,6 +212,11 @@ class Node:
             user_clients.discard(client)
             if not user_clients:
                 del self.users[client.user]
+        ip = client.ip
+        if ip in self.ips:
+            self.ips[ip] -= 1
+            if not self.ips[ip]:
+                del self.ips[ip]
         for channel in list(client.subscriptions):
             self._drop_subscription(client, channel)
 
@@ -213,6 +244,7 @@ class Node:
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
         limit = self.options.max_channels_per_connection
         if limit and len(client.subscriptions) >= limit:
+            self.events.limit_refused("channels_per_connection")
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} channels")
         if since is not None and not options.recoverable:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE, "no history to recover from here")

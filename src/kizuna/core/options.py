@@ -63,6 +63,17 @@ class NodeOptions:
     max_connections_per_user: int = 0
     history_max_limit: int = 1000
     """Most publications one history or recovery answer returns."""
+    max_connections_per_ip: int = 0
+    command_rate: float = 0.0
+    """Commands per second one connection may send (a token bucket); 0: no limit.
+    Over it a command is answered 111; a client that keeps going is closed with 4005."""
+    command_burst: int = 50
+    """How many commands the bucket holds: a burst allowed above the rate."""
+    token_expiry_grace: float = 10.0
+    """Seconds after its token expires that a connection has to refresh before 3006."""
+    drain_window: float = 5.0
+    """Seconds over which a draining node closes its clients, spread out so that
+    they do not all reconnect at once."""
     presence_ttl: float = 60.0
     """Seconds a presence entry lives unless refreshed (Redis broker)."""
     ping_interval: float = 25.0

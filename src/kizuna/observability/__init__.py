@@ -57,3 +57,6 @@ class Observer:
     def broker_operation(self, operation: str, ok: bool) -> None:
         self.metrics.broker_operation(operation, ok)
         self.logs.broker_operation(operation, ok)
+
+    def limit_refused(self, limit: str) -> None:
+        self.metrics.limit_refused(limit)

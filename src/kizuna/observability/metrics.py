@@ -156,6 +156,12 @@ class Metrics:
         self.broker_reconnects = Counter(
             "kizuna_broker_reconnects", "Times the broker connection was re-established", registry=r
         )
+        self.limit_refusals = Counter(
+            "kizuna_limit_refusals",
+            "Things a configured limit refused, by limit",
+            ["limit"],
+            registry=r,
+        )
         self._writes: dict[str, tuple[Any, Any, Any]] = {}
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
 
@@ -227,3 +233,6 @@ class Metrics:
         self.broker_operations.labels(operation).inc()
         if not ok:
             self.broker_errors.labels(operation).inc()
+
+    def limit_refused(self, limit: str) -> None:
+        self.limit_refusals.labels(limit).inc()

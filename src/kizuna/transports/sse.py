@@ -70,13 +70,14 @@ def _marker(kind: str, channel: str, position: StreamPosition) -> bytes:
 class SSETransport:
     """Turns queued frames into SSE events, keeping the cursor the event ids carry."""
 
-    __slots__ = ("_closed", "_send", "positions")
+    __slots__ = ("_closed", "_said_goodbye", "_send", "positions")
 
     name = TRANSPORT
 
     def __init__(self, send: Any) -> None:
         self._send = send
         self._closed = False
+        self._said_goodbye = False  # a disconnect push (drain advice) was already written
         self.positions: dict[str, StreamPosition] = {}
 
     async def write(self, frame: bytes) -> None:
@@ -94,6 +95,7 @@ class SSETransport:
                     message["offset"], message["epoch"]
                 )
             else:
+                self._said_goodbye = self._said_goodbye or kind == "disconnect"
                 events.append(b"event: %s\ndata: %s\n\n" % (kind.encode(), line))
                 continue
             cursor = encode_cursor(self.positions).encode()
@@ -114,7 +116,8 @@ class SSETransport:
         reconnect = not 4000 <= code <= 4999
         data = codec.encode_disconnect_push(code, reason, reconnect)
         try:
-            await self._body(b"event: disconnect\ndata: %s\n\n" % data)
+            if not self._said_goodbye:
+                await self._body(b"event: disconnect\ndata: %s\n\n" % data)
             self._closed = True
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception:  # the peer is already gone

@@ -1,0 +1,60 @@
+"""A deadline for request headers: slowloris protection uvicorn does not have.
+
+uvicorn's keep-alive timeout only covers the quiet time *between* requests; a
+client that opens a connection and sends a header byte every few seconds holds
+a socket (and, at scale, the file-descriptor table) forever. This subclass of
+uvicorn's httptools protocol gives every request ``timeout`` seconds from its
+first byte (or from the connection, for the first request) to finish its
+headers, and closes the connection otherwise. A WebSocket handshake is a
+request like any other, so half-open handshakes are covered too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["guarded_http_protocol"]
+
+
+def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> type[asyncio.Protocol]:
+    """An HttpToolsProtocol class whose requests must send their headers within ``timeout``."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                on_timeout()
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol

@@ -1,0 +1,101 @@
+"""Hardening against a real server: slow handshakes, drain on SIGTERM, rate and IP limits.
+
+Each attack runs while a probe client keeps working, and the probe's latency is
+measured: the server must stay responsive to everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+
+import httpx
+
+from kizuna.protocol.codes import DisconnectCode
+from tests.e2e.clients import token
+from tests.e2e.conftest import OpenPy, serve
+
+
+async def _probe_latency(open_py: OpenPy, url: str, rounds: int = 20) -> float:
+    """The worst ping round trip of a well-behaved client, in seconds."""
+    probe = await open_py(url)
+    await probe.connect(token("probe"))
+    worst = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        assert await probe.call("ping") == {}
+        worst = max(worst, time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    return worst
+
+
+async def test_slowloris_handshakes_are_cut_and_others_are_served(open_py: OpenPy) -> None:
+    with serve("--handshake-timeout", "0.5") as server:
+        sockets = []
+        for _ in range(50):  # half-open handshakes: headers that never finish
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            sock.setblocking(False)
+            sockets.append(sock)
+        worst = await _probe_latency(open_py, server.ws_url)
+        assert worst < 0.25, f"probe ping took {worst * 1000:.0f} ms during the attack"
+        await asyncio.sleep(0.8)
+        closed = 0
+        for sock in sockets:
+            with contextlib.suppress(BlockingIOError):  # still open: not counted
+                closed += sock.recv(1) == b""
+            sock.close()
+        assert closed == 50  # every one was cut after the handshake timeout
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(server.url + "/metrics")).text
+        assert 'kizuna_limit_refusals_total{limit="handshake_timeout"} 50.0' in metrics
+
+
+async def test_sigterm_drains_with_advice_over_the_window_and_exits_zero(open_py: OpenPy) -> None:
+    with serve("--drain-window", "1.0") as server:
+        clients = []
+        for i in range(8):
+            client = await open_py(server.ws_url)
+            await client.connect(token(f"drain-{i}"))
+            clients.append(client)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        closes = await asyncio.gather(*(c.expect_close() for c in clients))
+        spread = time.monotonic() - started
+        assert server.process is not None
+        assert server.process.wait(10) == 0
+    assert {c.code for c in closes} == {DisconnectCode.SHUTDOWN}
+    assert spread >= 0.6, f"all closed within {spread:.2f}s: no spreading"
+    for client in clients:
+        [advice] = [m for m in client.inbox if m.get("push") == "disconnect"]
+        assert advice["code"] == DisconnectCode.SHUTDOWN
+        assert advice["reconnect"] is True
+        assert 0 <= advice["delay_ms"] <= 1000
+
+
+async def test_command_flood_gets_111_then_4005_and_others_are_served(open_py: OpenPy) -> None:
+    with serve("--command-rate", "50", "--command-burst", "20") as server:
+        flooder = await open_py(server.ws_url)
+        await flooder.connect(token("flooder"))
+        frame = "\n".join(f'{{"id":{i},"method":"ping"}}' for i in range(2, 200))
+        await flooder.send_raw(frame)
+        closed = await flooder.expect_close()
+        assert closed.code == DisconnectCode.TOO_MANY_REQUESTS
+        codes = [m.get("error", {}).get("code") for m in flooder.inbox if "id" in m]
+        assert codes.count(111) == 20  # refused up to the burst, then closed
+        worst = await _probe_latency(open_py, server.ws_url)
+        assert worst < 0.25
+
+
+async def test_connections_per_ip_refused_with_3009(open_py: OpenPy) -> None:
+    with serve("--max-connections-per-ip", "2") as server:
+        first, second, third = [await open_py(server.ws_url) for _ in range(3)]
+        await first.connect(token("ip-1"))
+        await second.connect(token("ip-2"))
+        await third.send({"id": 1, "method": "connect", "params": {"token": token("ip-3")}})
+        closed = await third.expect_close()
+        assert closed.code == DisconnectCode.CONNECTION_LIMIT
+        assert await first.call("ping") == {}
