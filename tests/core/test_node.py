@@ -463,3 +463,42 @@ async def test_drain_spreads_closes_and_advises_reconnect() -> None:
         assert t.closed is not None
         assert t.closed[0] == DisconnectCode.SHUTDOWN
     assert not await node.ready()
+
+
+class ClaimsAuth:
+    """Tokens of the form ``user/jti/iat``, to test revocation without signing."""
+
+    async def authenticate(self, token: str) -> Credentials:
+        user, jti, iat = token.split("/")
+        return Credentials(user=user, token_id=jti, issued_at=float(iat))
+
+
+async def test_revoked_token_is_refused_and_its_connections_closed() -> None:
+    broker = MemoryBroker()
+    node = Node(
+        broker, broker, authenticator=ClaimsAuth(), options=NodeOptions(namespaces=NAMESPACES)
+    )
+    await node.start()
+    now = time.time()
+    holders = []
+    for token in (f"ann/t1/{now}", f"ann/t2/{now}", f"bob/t3/{now}"):
+        transport = RecordingTransport()
+        client = Client(node, transport)
+        await client.handle_frame(cmd(1, "connect", token=token))
+        holders.append(transport)
+    await node.revoke_token("t1", until=now + 60)
+    await settle()
+    assert [t.closed[0] if t.closed else None for t in holders] == [4003, None, None]
+    late = RecordingTransport()
+    await Client(node, late).handle_frame(cmd(1, "connect", token=f"ann/t1/{now}"))
+    await settle()
+    assert late.reply(1)["error"]["code"] == 101
+
+    await node.revoke_user("ann", before=now, until=now + 60)
+    await settle()
+    assert [t.closed[0] if t.closed else None for t in holders] == [4003, 4003, None]
+    fresh = Client(node, RecordingTransport())
+    await fresh.handle_frame(cmd(1, "connect", token=f"ann/t9/{now + 5}"))  # issued after
+    assert fresh.state is ClientState.CONNECTED
+    await node.revoke_token("gone", until=now - 1)  # already over: nothing refused
+    assert not node.revocations.revoked(Credentials("x", token_id="gone"))

@@ -238,3 +238,20 @@ def test_history_params_are_checked_like_the_websocket_command(
 def test_publish_idempotency_key_must_be_a_string(server: KizunaProcess) -> None:
     r = server.api("publish", channel="chat:x", data=1, idempotency_key=5)
     assert (r.status_code, r.json()["error"]["code"]) == (400, 107)
+
+
+async def test_revoke_user_closes_connections_and_refuses_old_tokens(
+    server: KizunaProcess, open_py: OpenPy, uid: str
+) -> None:
+    user = f"revoked-{uid}"
+    client = await open_py(server.ws_url)
+    old = token(user)
+    await client.connect(old)
+    r = server.api("revoke_user", user=user)
+    assert r.status_code == 200
+    closed = await client.expect_close()
+    assert closed.code == DisconnectCode.FORBIDDEN
+    again = await open_py(server.ws_url)
+    assert await again.error_code("connect", token=old) == ErrorCode.UNAUTHORIZED
+    bad = server.api("revoke_user", user=user, before="yesterday")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, 107)

@@ -129,11 +129,13 @@ def credentials_from_claims(claims: dict[str, Any]) -> Credentials:
         not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
     ):
         raise AuthError(ErrorCode.UNAUTHORIZED, "invalid token: channels must be a list of strings")
-    exp = claims.get("exp")
+    exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
     return Credentials(
         user=sub,
         expires_at=float(exp) if isinstance(exp, int | float) else None,
         channels=tuple(channels) if channels is not None else None,
+        token_id=jti if isinstance(jti, str) else None,
+        issued_at=float(iat) if isinstance(iat, int | float) else None,
     )
 
 

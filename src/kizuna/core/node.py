@@ -43,6 +43,12 @@ from kizuna.core.ports import (
     PresenceStore,
     PublishOptions,
 )
+from kizuna.core.revocation import (
+    CONTROL_CHANNEL,
+    RevocationList,
+    revoke_token_message,
+    revoke_user_message,
+)
 from kizuna.exceptions import AuthError, BrokerError, ProtocolError
 from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
@@ -115,6 +121,7 @@ class Node:
         self.anonymous_allowed = any(ns.allow_anonymous for ns in self.options.namespaces.values())
         self.draining = False
         self._closed = False
+        self.revocations = RevocationList()
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -122,6 +129,7 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.start(self)
+        await self.broker.subscribe(CONTROL_CHANNEL)
 
     async def close_clients(
         self, code: DisconnectCode = DisconnectCode.SHUTDOWN, window: float = 0.0
@@ -172,10 +180,13 @@ class Node:
         if self.authenticator is None:
             raise AuthError(ErrorCode.UNAUTHORIZED, "authentication is not configured")
         try:
-            return await self.authenticator.authenticate(token)
+            credentials = await self.authenticator.authenticate(token)
+            if self.revocations.revoked(credentials):
+                raise AuthError(ErrorCode.UNAUTHORIZED, "token revoked")
         except AuthError as exc:
             self.events.auth_failed(transport, exc.code)
             raise
+        return credentials
 
     def register(self, client: Client) -> DisconnectCode | None:
         """Admit a client that sent connect; returns a disconnect code if a limit refuses it."""
@@ -447,11 +458,36 @@ class Node:
         self.events.broker_operation(operation, True)
         return result
 
+    # --- revocation ----------------------------------------------------------------------
+
+    async def revoke_token(self, token_id: str, until: float) -> None:
+        """Refuse the token with this ``jti`` on every node until ``until``; close its holders."""
+        await self._control_publish(revoke_token_message(token_id, until))
+
+    async def revoke_user(self, user: str, before: float, until: float) -> None:
+        """Refuse ``user``'s tokens issued up to ``before`` on every node; close them."""
+        await self._control_publish(revoke_user_message(user, before, until))
+
+    async def _control_publish(self, message: bytes) -> None:
+        pub = Publication(message, 0, None, time.time())
+        await self._broker_call(
+            "publish", self.broker.publish(CONTROL_CHANNEL, pub, PublishOptions())
+        )
+
+    def _control(self, message: bytes) -> None:
+        if self.revocations.apply(message) is None:
+            return
+        for client in list(self.clients.values()):
+            if client.credentials is not None and self.revocations.revoked(client.credentials):
+                client.close_soon(DisconnectCode.FORBIDDEN, "token revoked")
+
     # --- BrokerEventHandler --------------------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         subscribers = self.hub.get(channel)
         if subscribers is None:
+            if channel == CONTROL_CHANNEL:
+                self._control(pub.data)
             return
         namespace = namespace_of(channel)
         span = None

@@ -133,6 +133,10 @@ class Credentials:
     user: str
     expires_at: float | None = None
     channels: tuple[str, ...] | None = None
+    token_id: str | None = None
+    """The ``jti`` claim, for revocation."""
+    issued_at: float | None = None
+    """The ``iat`` claim, for revoking every token of a user issued before a moment."""
 
 
 class Authenticator(Protocol):

@@ -9,6 +9,7 @@ HTTP status that matches the code (400, 401, 403, 404, 413, 503).
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from kizuna.protocol.messages import History, Presence, PresenceStats, Publish
 from kizuna.transports.common import error_body, http_status
 
 __all__ = ["api_routes", "error_response", "json_response"]
+
+REVOCATION_TTL = 24 * 3600.0
+"""How long a revocation lasts when the call gives no ``until``: longer than tokens live."""
 
 Params = dict[str, Any]
 Method = Callable[[Node, Params], Awaitable[dict[str, Any]]]
@@ -108,7 +112,30 @@ async def _disconnect(node: Node, params: Params) -> dict[str, Any]:
     return {"disconnected": await node.disconnect_user(user, DisconnectCode.FORBIDDEN)}
 
 
+def _time(params: Params, name: str, default: float) -> float:
+    value = params.get(name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be a Unix time in seconds")
+    return float(value)
+
+
+async def _revoke_token(node: Node, params: Params) -> dict[str, Any]:
+    jti = _require_str(params, "jti")
+    await node.revoke_token(jti, _time(params, "until", time.time() + REVOCATION_TTL))
+    return {}
+
+
+async def _revoke_user(node: Node, params: Params) -> dict[str, Any]:
+    user = _require_str(params, "user")
+    now = time.time()
+    before = _time(params, "before", now)
+    await node.revoke_user(user, before, _time(params, "until", now + REVOCATION_TTL))
+    return {}
+
+
 METHODS: dict[str, Method] = {
+    "revoke_token": _revoke_token,
+    "revoke_user": _revoke_user,
     "publish": _publish,
     "broadcast": _broadcast,
     "history": _history,
