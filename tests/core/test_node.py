@@ -66,6 +66,7 @@ class StaticAuth:
 NAMESPACES = {
     "chat": NamespaceOptions(history_size=5, history_ttl=60),
     "live": NamespaceOptions(history_size=0, presence=False, join_leave=False),
+    "prices": NamespaceOptions(history_size=0, presence=False, join_leave=False, drop_oldest=True),
 }
 
 
@@ -502,3 +503,39 @@ async def test_revoked_token_is_refused_and_its_connections_closed() -> None:
     assert fresh.state is ClientState.CONNECTED
     await node.revoke_token("gone", until=now - 1)  # already over: nothing refused
     assert not node.revocations.revoked(Credentials("x", token_id="gone"))
+
+
+async def test_drop_oldest_sheds_old_publications_and_keeps_the_connection() -> None:
+    node = await make_node(client_queue_max_bytes=1000)
+    slow, slow_t = await connected(node, "slow")
+    await slow.handle_frame(cmd(2, "subscribe", channel="prices:x"))
+    await settle()
+    slow_t.gate = asyncio.Event()  # stops reading
+    for i in range(200):
+        await node.publish("prices:x", orjson.dumps({"i": i, "pad": "x" * 40}))
+        await settle()
+    assert slow.queued_bytes <= 1000
+    slow_t.gate.set()
+    await settle()
+    got = [d["i"] for d in slow_t.pubs("prices:x")]
+    assert slow_t.closed is None  # still connected
+    assert got[-1] == 199  # the latest state arrived
+    assert got == sorted(got)  # in order, with a gap where old ones were shed
+    assert len(got) < 200
+    await slow.handle_frame(cmd(3, "ping"))
+    await settle()
+    assert "result" in slow_t.reply(3)
+
+
+async def test_drop_oldest_never_drops_replies() -> None:
+    node = await make_node(client_queue_max_bytes=300)
+    client, transport = await connected(node)
+    await client.handle_frame(cmd(2, "subscribe", channel="prices:y"))
+    await settle()
+    transport.gate = asyncio.Event()
+    await client.handle_frame(b"\n".join(cmd(i, "ping") for i in range(10, 20)))
+    for i in range(30):
+        await node.publish("prices:y", orjson.dumps({"i": i}))
+    transport.gate.set()
+    await settle()
+    assert [m["id"] for m in transport.messages() if "id" in m][-10:] == list(range(10, 20))

@@ -104,7 +104,8 @@ class Client:
         self.info = ClientInfo(user="", client=self.id)
         self.state = ClientState.CONNECTING
         self.subscriptions: set[str] = set()
-        self._queue: list[bytes] = []
+        self._queue: list[bytes | memoryview] = []
+        """Encoded messages; memoryviews are publications a drop-oldest policy may shed."""
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -157,6 +158,35 @@ class Client:
         elif self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
+    def enqueue_droppable(self, data: memoryview) -> None:
+        """Queue a publication that may be dropped, oldest first, when the queue is full.
+
+        Droppable entries are memoryviews (the hub shares one per publication);
+        ``b"\\n".join`` writes them like bytes. Only when dropping every droppable
+        entry is not enough is the client disconnected as slow.
+        """
+        if self.state is ClientState.CLOSED:
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        limit = self.node.options.client_queue_max_bytes
+        if self._queued_bytes > limit:
+            kept: list[bytes | memoryview] = []
+            dropped = 0
+            for entry in self._queue:
+                if self._queued_bytes > limit and type(entry) is memoryview:
+                    self._queued_bytes -= len(entry)
+                    dropped += 1
+                else:
+                    kept.append(entry)
+            self._queue = kept
+            self.node.events.messages_dropped(self.transport.name, dropped)
+            if self._queued_bytes > limit:
+                self._overflow()
+                return
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
     def _overflow(self) -> None:
         self._queue.clear()
         self._queued_bytes = 0
@@ -170,7 +200,8 @@ class Client:
             while self._queue and self.state is not ClientState.CLOSED:
                 batch, self._queue = self._queue, []
                 self._queued_bytes = 0
-                frame = batch[0] if len(batch) == 1 else b"\n".join(batch)
+                first = batch[0]
+                frame = first if len(batch) == 1 and type(first) is bytes else b"\n".join(batch)
                 await self.transport.write(frame)
                 events.frame_written(name, len(batch), len(frame))
         except Exception:

@@ -37,6 +37,9 @@ class NodeEvents(Protocol):
     def slow_client(self, transport: str) -> None:
         """A connection's outbound queue overflowed."""
 
+    def messages_dropped(self, transport: str, count: int) -> None:
+        """A drop-oldest queue shed ``count`` publications to make room."""
+
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
         """A writer flushed ``messages`` coalesced into one frame of ``nbytes``."""
 
@@ -74,6 +77,9 @@ class NoEvents:
         pass
 
     def slow_client(self, transport: str) -> None:
+        pass
+
+    def messages_dropped(self, transport: str, count: int) -> None:
         pass
 
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:

@@ -24,24 +24,34 @@ class Subscriber(Protocol):
 
     def enqueue(self, data: bytes) -> None: ...
 
+    def enqueue_droppable(self, data: memoryview) -> None: ...
+
 
 class ChannelSubscribers:
     """The local subscribers of one channel."""
 
-    __slots__ = ("active", "pending")
+    __slots__ = ("active", "droppable", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, droppable: bool = False) -> None:
         # dicts used as ordered sets: iteration order is subscription order.
         self.active: dict[Subscriber, None] = {}
         self.pending: dict[Subscriber, list[tuple[int, bytes]]] = {}
+        self.droppable = droppable
+        """The namespace's slow-consumer policy is drop-oldest."""
 
     def __len__(self) -> int:
         return len(self.active) + len(self.pending)
 
     def broadcast(self, data: bytes, offset: int) -> int:
         """Queue ``data`` to every subscriber; returns how many received it."""
-        for client in self.active:
-            client.enqueue(data)
+        if self.droppable:
+            # One memoryview for all: in a queue it marks what may be dropped when full.
+            view = memoryview(data)
+            for client in self.active:
+                client.enqueue_droppable(view)
+        else:
+            for client in self.active:
+                client.enqueue(data)
         if self.pending:
             item = (offset, data)
             for buffer in self.pending.values():
@@ -60,12 +70,12 @@ class Hub:
     def get(self, channel: str) -> ChannelSubscribers | None:
         return self._channels.get(channel)
 
-    def add_pending(self, channel: str, client: Subscriber) -> bool:
+    def add_pending(self, channel: str, client: Subscriber, droppable: bool = False) -> bool:
         """Start a subscription as pending. Returns True if the channel was new here."""
         subs = self._channels.get(channel)
         created = subs is None
         if subs is None:
-            subs = self._channels[channel] = ChannelSubscribers()
+            subs = self._channels[channel] = ChannelSubscribers(droppable)
         subs.pending[client] = []
         return created
 

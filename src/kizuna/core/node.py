@@ -283,7 +283,7 @@ class Node:
         options: NamespaceOptions,
     ) -> Subscription:
         client.subscriptions.add(channel)
-        self.hub.add_pending(channel, client)
+        self.hub.add_pending(channel, client, options.drop_oldest)
         try:
             await self.ensure_broker_subscription(channel)
             sub = await self._position_or_recovery(channel, options, since)

@@ -17,6 +17,7 @@ class NamespaceOptions:
 
     history_size: publications kept per channel; 0 keeps no history (and so no recovery).
     history_ttl: seconds a channel's history lives after its last publication; 0 = forever.
+    drop_oldest: the slow-consumer policy (see the field).
     presence: track who is subscribed.
     join_leave: push join and leave events to subscribers.
     allow_publish: clients may publish (the server API always may).
@@ -31,6 +32,11 @@ class NamespaceOptions:
     allow_publish: bool = True
     allow_anonymous: bool = False
     allow_history: bool = True
+    drop_oldest: bool = False
+    """Slow-consumer policy. False (default): a subscriber whose queue overflows is
+    disconnected with 3002 and recovers from history. True: the oldest queued
+    publications of this namespace are dropped instead — for channels where only
+    the latest state matters (prices, positions)."""
 
     @property
     def recoverable(self) -> bool:

@@ -72,6 +72,9 @@ class _Waiter:
     def enqueue(self, data: bytes) -> None:
         self.event.set()
 
+    def enqueue_droppable(self, data: memoryview) -> None:
+        self.event.set()
+
 
 @contextlib.asynccontextmanager
 async def listen(node: Node, channels: list[str]) -> AsyncIterator[asyncio.Event]:

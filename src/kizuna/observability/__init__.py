@@ -44,6 +44,9 @@ class Observer:
         self.metrics.slow_client(transport)
         self.logs.slow_client(transport)
 
+    def messages_dropped(self, transport: str, count: int) -> None:
+        self.metrics.messages_dropped(transport, count)
+
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
         self.metrics.frame_written(transport, messages, nbytes)
 

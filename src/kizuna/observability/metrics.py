@@ -138,6 +138,12 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.dropped = Counter(
+            "kizuna_messages_dropped",
+            "Publications dropped from drop-oldest queues of slow subscribers",
+            ["transport"],
+            registry=r,
+        )
         self.recoveries = Counter(
             "kizuna_recoveries",
             "Subscribe-with-recovery outcomes",
@@ -210,6 +216,9 @@ class Metrics:
 
     def slow_client(self, transport: str) -> None:
         self.slow_clients.labels(transport).inc()
+
+    def messages_dropped(self, transport: str, count: int) -> None:
+        self.dropped.labels(transport).inc(count)
 
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
         bound = self._writes.get(transport)
