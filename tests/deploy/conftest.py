@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +45,14 @@ ARGUMENTS: dict[str, Any] = {
 }
 
 
+BY_TYPE: dict[Any, Any] = {int: 1, float: 0.01, str: "test", bool: True}
+"""A value for a parameter neither list names, by its annotation."""
+
+
 def call_event(target: object, event: str, given: dict[str, Any]) -> None:
-    """Call ``target.event`` with ``given`` plus ARGUMENTS for the other parameters."""
+    """Call ``target.event`` with ``given``, ARGUMENTS, or a value of the right type."""
     method = getattr(target, event)
+    hints = typing.get_type_hints(method)
     kwargs: dict[str, Any] = {}
     for name in inspect.signature(method).parameters:
         if name in given:
@@ -54,10 +60,14 @@ def call_event(target: object, event: str, given: dict[str, Any]) -> None:
         elif name in ARGUMENTS:
             kwargs[name] = ARGUMENTS[name]
         else:
-            raise AssertionError(
-                f"NodeEvents.{event} has a parameter {name!r} this test does not know:"
-                " add a value to ARGUMENTS in tests/deploy/conftest.py"
-            )
+            kinds = list(typing.get_args(hints.get(name)) or [hints.get(name)])
+            known = [BY_TYPE[k] for k in kinds if k in BY_TYPE]
+            if not known:
+                raise AssertionError(
+                    f"NodeEvents.{event} has a parameter {name!r} of type {hints.get(name)}"
+                    " this test cannot fill: add a value to ARGUMENTS in tests/deploy/conftest.py"
+                )
+            kwargs[name] = known[0]
     method(**kwargs)
 
 
