@@ -24,8 +24,9 @@ __all__ = ["LATENCY_BUCKETS", "Metrics"]
 # ``*_created`` series double the series count and no dashboard or alert reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-MESSAGE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
-"""The guide's buckets for command processing, plus 0.5 ms."""
+MESSAGE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
+"""The guide's buckets for command processing, plus 0.5 ms, 2.5 s and 5 s (so a p99
+above the guide's 1 s alert threshold is visible, not clamped to 1)."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Publish → deliver latency buckets; the SLO alert uses the 0.1 s bucket."""
 
