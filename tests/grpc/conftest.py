@@ -1,0 +1,131 @@
+"""Fixtures of the gRPC suite: a real kizuna node serving gRPC, and grpcio clients that dial it.
+
+One node (package scope) serves every test that needs no special flags; tests
+keep out of each other's way with channel names unique per test (:func:`uid`).
+The node is ``python -m tests.grpc.launcher`` (HTTP + WebSocket + gRPC on one
+event loop) until ``kizuna serve`` starts the gRPC edge itself; then only
+:class:`GrpcNode` below changes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from kizuna.core.auth import mint_token
+from kizuna.transports.grpc_gen import chat_pb2_grpc
+from tests.support.processes import JWT_SECRET, KizunaProcess, free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SMALL_HISTORY = 3
+
+NAMESPACES_TOML = f"""
+[namespaces.chat]
+
+[namespaces.notifications]
+presence = false
+join_leave = false
+allow_publish = false
+history_size = 50
+
+# History too short to recover from after a few publications.
+[namespaces.small]
+history_size = {SMALL_HISTORY}
+"""
+
+
+@dataclass
+class GrpcNode(KizunaProcess):
+    """A kizuna node with its gRPC edge on ``grpc_port``.
+
+    To use ``kizuna serve`` once it serves gRPC: delete :meth:`start` below (the
+    parent's starts ``kizuna serve``) and pass ``KIZUNA_GRPC_PORT`` in ``env``.
+    """
+
+    grpc_port: int = field(default_factory=free_port)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 15.0) -> GrpcNode:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
+        env.update(
+            {
+                "KIZUNA_HOST": "127.0.0.1",
+                "KIZUNA_PORT": str(self.port),
+                "KIZUNA_GRPC_PORT": str(self.grpc_port),
+                "KIZUNA_JWT_SECRET": self.jwt_secret,
+                "KIZUNA_API_KEY": self.api_key,
+                "KIZUNA_LOG_LEVEL": "info",
+            }
+        )
+        env.update(self.env)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.grpc.launcher", *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(timeout)
+        wait_for_port(self.grpc_port, timeout)
+        return self
+
+    def close_log(self) -> None:
+        """Close the output file (an unclosed one is a ResourceWarning, an error here)."""
+        log = self._log
+        if log is not None:
+            log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+
+@pytest.fixture(scope="package")
+def grpc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcNode]:
+    """The shared node: default namespaces plus ``small`` (history of 3)."""
+    config = tmp_path_factory.mktemp("kizuna-grpc") / "kizuna.toml"
+    config.write_text(NAMESPACES_TOML)
+    # No grace after a token expires: the expiry test would otherwise wait 10 s.
+    node = GrpcNode(env={"KIZUNA_CONFIG": str(config), "KIZUNA_TOKEN_EXPIRY_GRACE": "0"})
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+        node.close_log()
+
+
+@pytest.fixture
+def uid() -> str:
+    """A unique suffix for channel names, so tests sharing a node never meet."""
+    return uuid.uuid4().hex[:10]
+
+
+def token(sub: str = "alice", **kwargs: Any) -> str:
+    return mint_token(JWT_SECRET, sub, **kwargs)
+
+
+def auth(sub: str = "alice", **kwargs: Any) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a fresh token for ``sub``."""
+    return (("authorization", f"Bearer {token(sub, **kwargs)}"),)
+
+
+@pytest.fixture
+async def channel(grpc_node: GrpcNode) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(grpc_node.grpc_target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> chat_pb2_grpc.ChatServiceStub:
+    return chat_pb2_grpc.ChatServiceStub(channel)
