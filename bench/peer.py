@@ -115,6 +115,18 @@ def _kizuna_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, 
     return argv, {}
 
 
+GC_TUNED = (
+    "import gc, sys; gc.freeze(); gc.set_threshold(100_000, 50, 1000); "
+    "from kizuna.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+"""kizuna with the cyclic GC tamed (an experiment for DESIGN.md's note on GC and p99)."""
+
+
+def _kizuna_gc_command(port: int, helpers: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    argv, env = _kizuna_command(port, helpers)
+    return [sys.executable, "-c", GC_TUNED, *argv[argv.index("serve") :]], env
+
+
 def _py_websockets_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     script = BENCH_DIR / "peers" / "py_websockets_server.py"
     return [sys.executable, str(script), "--port", str(port)], {}
@@ -157,6 +169,17 @@ PEERS: dict[str, Peer] = {
             "(history 100, no presence, no join/leave)",
             fanout_channel="hist:fanout",
             idle_prefix="hist:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-gc",
+            protocol="kizuna",
+            command=_kizuna_gc_command,
+            description="as `kizuna`, started with gc.freeze() and "
+            "gc.set_threshold(100000, 50, 1000) (an experiment, not a product setting)",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
             path="/connection/websocket",
             python=True,
         ),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "NOFILE",
+    "busy_cores",
     "cpu_seconds",
     "free_port",
     "pinned",
@@ -123,3 +124,23 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from the first line of /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(interval: float = 1.0) -> float:
+    """How many cores' worth of CPU the whole machine used during ``interval`` seconds.
+
+    Sampled while no benchmark process is working, it is the neighbours' load: what a
+    shared machine will take from the next measurement.
+    """
+    busy0, total0 = _cpu_jiffies()
+    time.sleep(interval)
+    busy1, total1 = _cpu_jiffies()
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(1, total1 - total0)

@@ -8,6 +8,7 @@ ratio below 1 means kizuna used less.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,13 @@ def _fanout(results: Results, reference: str) -> list[str]:
         "",
         "| server | subscribers | publish msg/s | deliveries/s | p50 ms | p99 ms | max ms "
         "| server CPU % | generator CPU % | waiting for CPU % (server / generator) "
+        "| neighbours' load before (cores) "
         f"| step that ended the ladder | deliveries/s per round | {reference} ÷ server |",
-        "| --- " + "| ---: " * 9 + "| --- | --- | ---: |",
+        "| --- " + "| ---: " * 10 + "| --- | --- | ---: |",
     ]
     for peer, result in rows.items():
         if not result.get("ok"):
-            lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 11)
+            lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 12)
             continue
         best = result.get("best") or {}
         cpu = best.get("cpu", {})
@@ -106,7 +108,8 @@ def _fanout(results: Results, reference: str) -> list[str]:
             f"| {_fmt(best.get('deliveriesPerSecond'))} | {_fmt(best.get('p50'))} "
             f"| {_fmt(best.get('p99'))} | {_fmt(best.get('max'))} "
             f"| {_fmt(cpu.get('server'))} | {_fmt(cpu.get('generator'))} | {_waiting(cpu)} "
-            f"| {first_fail} | {rounds} | {_fanout_ratio(mine, result)} |"
+            f"| {_fmt(result.get('background_cores'), 2)} | {first_fail} | {rounds} "
+            f"| {_fanout_ratio(mine, result)} |"
         )
     lines += [
         "",
@@ -126,6 +129,44 @@ def _fanout(results: Results, reference: str) -> list[str]:
                 f"| {_fmt(s['cpu']['server'])} | {_fmt(s['cpu']['generator'])} "
                 f"| {_waiting(s['cpu'])} | {'yes' if s['pass'] else 'no'} |"
             )
+    return [*lines, ""]
+
+
+def _costs(result: dict[str, Any]) -> dict[int, float]:
+    """Publish rate -> median server CPU µs per delivery over that rate's attempts."""
+    by_rate: dict[int, list[float]] = {}
+    for step in result.get("steps", []):
+        cost = step.get("cost", {}).get("server")
+        if cost is not None:
+            by_rate.setdefault(step["rate"], []).append(cost)
+    return {rate: statistics.median(costs) for rate, costs in by_rate.items()}
+
+
+def _cost(results: Results, reference: str) -> list[str]:
+    rows = {p: _costs(r["fanout"]) for p, r in results.items() if r.get("fanout", {}).get("ok")}
+    if not rows:
+        return []
+    rates = sorted({rate for costs in rows.values() for rate in costs})
+    common = [r for r in rates if all(r in costs for costs in rows.values())]
+    at = common[-1] if common else None
+    mine = rows.get(reference, {}).get(at) if at is not None else None
+    lines = [
+        "### Fan-out: server CPU per delivery (µs, lower is better)",
+        "",
+        "CPU time of the server (and its Redis) over a whole step divided by the deliveries: "
+        "unlike latency it hardly depends on what other processes took from the core, so "
+        "these ratios are the steadiest figures of a run on a shared machine. Median over a "
+        "rate's attempts.",
+        "",
+        "| server | "
+        + " | ".join(f"{r}/s" for r in rates)
+        + (f" | {reference} ÷ server at {at}/s |" if at is not None else " |"),
+        "| --- " + "| ---: " * (len(rates) + (1 if at is not None else 0)) + "|",
+    ]
+    for peer, costs in rows.items():
+        cells = [_fmt(float(costs[r]), 2) if r in costs else "" for r in rates]
+        ratio = [_ratio(mine, costs.get(at))] if at is not None else []
+        lines.append(f"| {peer} | " + " | ".join([*cells, *ratio]) + " |")
     return [*lines, ""]
 
 
@@ -191,6 +232,7 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         f"Plan: {meta['plan']}",
         "",
         *_fanout(results, reference),
+        *_cost(results, reference),
         *_idle(results, reference),
         *_profiles(results),
     ]

@@ -21,14 +21,18 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from bench.peers import PEERS, Settings, running
+from bench import procs
+from bench.peer import PEERS, Settings, running
 from bench.report import render
 from bench.scenarios import FULL, QUICK, run_scenario
 
 SCENARIOS = ("fanout", "idle")
+PER_WAIT = 20.0
+"""Longest wait for a quiet machine before one server's turn, in seconds."""
 DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
 QUICK_PEERS = "kizuna,py-websockets"
 
@@ -49,6 +53,35 @@ def _machine() -> str:
         f"load average at start {load[0]:.2f} (the machine is shared: compare ratios, "
         "not absolute figures)"
     )
+
+
+class QuietWait:
+    """Before each server's turn, wait (a bounded time) for the neighbours to quieten down.
+
+    The machine is shared: other people's test suites take CPU from both pinned cores.
+    Waiting for a quiet moment cannot make the neighbours go away, but it keeps a burst of
+    theirs from falling on one server's ladder; what was left is reported with each result.
+    """
+
+    def __init__(self, below: float, budget: float) -> None:
+        self.below = below
+        self.budget = budget
+
+    def wait(self, label: str) -> float:
+        busy = procs.busy_cores()
+        deadline = time.monotonic() + min(PER_WAIT, self.budget)
+        started = time.monotonic()
+        while busy > self.below and time.monotonic() < deadline:
+            busy = procs.busy_cores(2.0)
+        waited = time.monotonic() - started
+        self.budget = max(0.0, self.budget - waited)
+        if waited >= 1.0:
+            print(
+                f"[{label}] waited {waited:.0f} s for quiet: neighbours use {busy:.2f} cores",
+                file=sys.stderr,
+                flush=True,
+            )
+        return busy
 
 
 def _score(result: dict[str, Any]) -> float:
@@ -88,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float)
     parser.add_argument("--connections", type=int, help="idle connections")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.5,
+        help="cores the neighbours may use before a server's turn starts without waiting",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=None,
+        help="total seconds to wait for quiet (default 120; 0 with --quick)",
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
@@ -126,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
     }
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    budget = args.quiet_budget if args.quiet_budget is not None else (0 if args.quick else 120)
+    quiet = QuietWait(args.quiet_below, budget)
     # Scenario by scenario, round by round, server by server: a slow spell of the shared
     # machine then falls on every server's round, not on one server's whole ladder.
     for scenario in scenarios:
@@ -133,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(1, rounds + 1):
             for name in peers:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
+                background = quiet.wait(label)
                 with running(PEERS[name], settings, label) as server:
                     result = run_scenario(scenario, server, plan, settings, label, args.profile)
                 result["round"] = round_no
+                result["background_cores"] = round(background, 2)
                 kept = results.setdefault(name, {})
                 kept[scenario] = _better(kept.get(scenario), result)
                 (out / "results.json").write_text(

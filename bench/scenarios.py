@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.peers import BENCH_DIR, RunningServer, Settings, npm_ci
+from bench.peer import BENCH_DIR, RunningServer, Settings, npm_ci
 
 __all__ = ["FULL", "QUICK", "Plan", "run_scenario"]
 
@@ -48,7 +48,7 @@ class Plan:
     """Publish rates (messages/s) on the fan-out channel, climbed in order."""
     step_seconds: float = 4.0
     drain_seconds: float = 3.0
-    retries: int = 1
+    retries: int = 2
     """How many times a failing step is tried again before the ladder stops."""
     rounds: int = 2
     """Fan-out ladders per server, interleaved across servers; the best round counts."""
@@ -119,8 +119,11 @@ class Profiler:
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(pyspy).exists() and shutil.which(pyspy) is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
-        argv = [pyspy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250"]
-        argv += ["--nonblocking", "--output", str(self.output)]
+        # --native shows where the C time goes (the write syscall, the cyclic GC); it needs
+        # py-spy to pause the process for each sample, so a profiled run's timings are not
+        # the ones to report.
+        argv = [pyspy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200"]
+        argv += ["--native", "--output", str(self.output)]
         log = self.output.with_suffix(".log")
         self.proc = procs.start(argv, log=log)
 

@@ -109,6 +109,17 @@ function cpuPercent(a, b) {
   };
 }
 
+// CPU microseconds per delivery, over the whole step (publishing and drain): unlike latency,
+// this hardly depends on how much CPU other processes took, so its ratios are the steadiest.
+function costPerDelivery(a, b, deliveries) {
+  if (deliveries === 0) return { server: null, generator: null };
+  const per = (x, y) => Math.round(((y - x) / deliveries) * 1e6 * 100) / 100;
+  return {
+    server: b.servers.reduce((s, v, i) => s + per(a.servers[i], v), 0),
+    generator: per(a.self, b.self),
+  };
+}
+
 // --- per-step delivery statistics -----------------------------------------------------------
 
 const steps = new Map();
@@ -177,7 +188,7 @@ function scanFrame(buf, client) {
 //
 // An adapter knows how to join a channel and how to publish on one server's protocol; the
 // scenarios only speak of "subscribe", "publish" and "ready". A new peer with a new protocol
-// adds an adapter here and a Peer entry in bench/peers.py.
+// adds an adapter here and a Peer entry in bench/peer.py.
 
 const PAD = 'x'.repeat(1024);
 
@@ -440,6 +451,7 @@ async function runStep(stepId, rate, publisher, subs) {
   const expected = sent * live;
   await until(() => st.received >= expected, (spec.drainSeconds ?? 3) * 1000);
   st.closed = true;
+  const cpu2 = cpuSnapshot();
   const lost = Math.max(0, expected - st.received);
   const p99 = percentile(st, 0.99);
   const disconnectsNow = unexpectedCloses - closesBefore;
@@ -458,6 +470,7 @@ async function runStep(stepId, rate, publisher, subs) {
     max: st.max / 1000,
     disconnects: disconnectsNow,
     cpu: cpuPercent(cpu0, cpu1),
+    cost: costPerDelivery(cpu0, cpu2, st.received),
     pass: lost === 0 && disconnectsNow === 0 && p99 !== null && p99 < spec.p99LimitMs,
   };
 }
