@@ -221,6 +221,8 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         "",
         f"Command: `{meta['command']}`",
         "",
+        f"kizuna at: {meta.get('revision', 'unknown')}",
+        "",
         f"Machine: {meta['machine']}",
         "",
         "Servers:",

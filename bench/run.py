@@ -1,6 +1,6 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (about 10 minutes)
+    .venv/bin/python -m bench.run                      # full run (6–12 minutes)
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
 
@@ -100,6 +100,18 @@ def _better(kept: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
+def _revision() -> str:
+    """The commit kizuna was measured at, and whether src/ differed from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src")
+    return commit + (" with uncommitted changes in src/" if dirty else "")
+
+
 def _cpus(text: str) -> int | None:
     return None if text == "none" else int(text)
 
@@ -167,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
         "machine": _machine(),
+        "revision": _revision(),
         "plan": json.dumps(dataclasses.asdict(plan)),
         "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
     }

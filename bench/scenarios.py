@@ -46,7 +46,7 @@ class Plan:
         default_factory=lambda: [10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500]
     )
     """Publish rates (messages/s) on the fan-out channel, climbed in order."""
-    step_seconds: float = 4.0
+    step_seconds: float = 3.0
     drain_seconds: float = 3.0
     retries: int = 2
     """How many times a failing step is tried again before the ladder stops."""
