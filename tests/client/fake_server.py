@@ -14,7 +14,14 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-__all__ = ["FakeServer", "Script", "answer_connect", "behave"]
+__all__ = [
+    "FakeServer",
+    "Script",
+    "answer_connect",
+    "behave",
+    "hole_then_replay",
+    "receive_command",
+]
 
 Script = Callable[[ServerConnection, int], Awaitable[None]]
 
@@ -38,6 +45,37 @@ async def behave(conn: ServerConnection) -> None:
     async for raw in conn:
         command = json.loads(raw)
         await conn.send(json.dumps({"id": command["id"], "result": {}}))
+
+
+def hole_then_replay(sent: list[dict[str, Any]]) -> Script:
+    """Publications 2 then 5 (3 and 4 shed); replays 3..6 when subscribed again from 2.
+
+    Every command the client sends is appended to ``sent``.
+    """
+
+    async def script(conn: ServerConnection, n: int) -> None:
+        await answer_connect(conn)
+        first = await receive_command(conn)
+        sent.append(first)
+        pub = {"push": "pub", "channel": "chat:hole", "epoch": "e"}
+        top = {"recoverable": True, "offset": 1, "epoch": "e"}
+        lines = [
+            {"id": first["id"], "result": top},
+            {**pub, "data": 2, "offset": 2},
+            {**pub, "data": 5, "offset": 5},  # 3 and 4 were shed
+            {**pub, "data": 6, "offset": 6},  # ignored until recovered
+        ]
+        await conn.send("\n".join(json.dumps(line) for line in lines))
+        unsubscribe, again = await receive_command(conn), await receive_command(conn)
+        sent.extend([unsubscribe, again])
+        await conn.send(json.dumps({"id": unsubscribe["id"], "result": {}}))
+        replay = [{"data": i, "offset": i} for i in (3, 4, 5, 6)]
+        result = {**top, "offset": 6, "recovered": True, "publications": replay}
+        await conn.send(json.dumps({"id": again["id"], "result": result}))
+        await conn.send(json.dumps({**pub, "data": 7, "offset": 7}))
+        await conn.wait_closed()
+
+    return script
 
 
 class FakeServer:

@@ -174,3 +174,23 @@ async def test_a_failing_callback_is_retried_with_backoff(shared_kizuna: KizunaP
         assert len(failures) == 2
         assert all("token callback failed" in c.reason and c.reconnect for c in failures)
         assert all(isinstance(c.error, ConnectionError) for c in failures)
+
+
+async def test_a_callback_with_nothing_new_lets_the_token_expire_then_stops(
+    shared_kizuna: KizunaProcess,
+) -> None:
+    """No busy refresh loop: the same token is not sent again; at expiry the client stops."""
+    short = token("alice", ttl=1)
+    tokens = Tokens(short)
+    log = StateLog()
+    client = Client(shared_kizuna.ws_url, token=short, get_token=tokens, on_state=log)
+    await client.connect()
+    stopped = await asyncio.wait_for(client.wait_stopped(), TIMEOUT)
+    assert (stopped.code, stopped.reason) == (
+        4002,
+        "the token callback returned the token just refused",
+    )
+    assert tokens.calls == 2  # once to refresh (nothing new), once to reconnect
+    expired = log.of(DISCONNECTED)[0]
+    assert (expired.code, expired.reason) == (3006, "token expired")
+    await client.close()

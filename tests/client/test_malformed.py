@@ -13,9 +13,22 @@ import json
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from kizuna.client import Client, ConnectionState, Disconnected, MalformedFrame
-from tests.client.fake_server import FakeServer, answer_connect, behave, receive_command
-from tests.client.support import FAST_BACKOFF, StateLog
+from kizuna.client import (
+    Client,
+    ConnectionState,
+    Disconnected,
+    MalformedFrame,
+    Publication,
+    Subscribed,
+)
+from tests.client.fake_server import (
+    FakeServer,
+    answer_connect,
+    behave,
+    hole_then_replay,
+    receive_command,
+)
+from tests.client.support import FAST_BACKOFF, StateLog, next_event
 
 CONNECTED = ConnectionState.CONNECTED
 DISCONNECTED = ConnectionState.DISCONNECTED
@@ -172,3 +185,50 @@ async def test_a_malformed_answer_raises_in_the_caller_and_the_client_reconnects
             await client.history("chat:x")
         await log.wait_state(CONNECTED, after=2)
         assert server.connections == 2
+
+
+async def test_a_replayed_duplicate_is_dropped_and_order_is_kept() -> None:
+    """A server that repeats publications the client already has: the app sees each once."""
+
+    async def script(conn: ServerConnection, n: int) -> None:
+        await answer_connect(conn)
+        command = await receive_command(conn)
+        top = {"recoverable": True, "offset": 1, "epoch": "e"}
+        frames = [
+            {"id": command["id"], "result": top},
+            {"push": "pub", "channel": "chat:dup", "data": "one", "offset": 1, "epoch": "e"},
+            {"push": "pub", "channel": "chat:dup", "data": "two", "offset": 2, "epoch": "e"},
+            {"push": "pub", "channel": "chat:dup", "data": "two again", "offset": 2, "epoch": "e"},
+            {"push": "pub", "channel": "chat:dup", "data": "new life", "offset": 1, "epoch": "f"},
+        ]
+        await conn.send("\n".join(json.dumps(f) for f in frames))
+        await conn.wait_closed()
+
+    async with FakeServer(script) as server, Client(server.url) as client:
+        sub = await client.subscribe("chat:dup")
+        seen = [await next_event(sub, Publication) for _ in range(2)]
+    assert [(p.data, p.offset, p.epoch) for p in seen] == [("two", 2, "e"), ("new life", 1, "f")]
+
+
+async def test_a_hole_in_the_live_stream_is_recovered_by_subscribing_again() -> None:
+    """Offsets jump from 2 to 5: the client asks again from 2 and gets 3, 4, 5 replayed."""
+    sent: list[dict[str, object]] = []
+    script = hole_then_replay(sent)
+
+    async with FakeServer(script) as server, Client(server.url) as client:
+        sub = await client.subscribe("chat:hole")
+        events = [await next_event(sub) for _ in range(8)]
+    assert [e.data if isinstance(e, Publication) else type(e).__name__ for e in events] == [
+        "Subscribed",
+        2,
+        "Subscribed",
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
+    again = events[2]
+    assert isinstance(again, Subscribed) and again.recovered and again.missed == 4
+    assert [c["method"] for c in sent] == ["subscribe", "unsubscribe", "subscribe"]
+    assert sent[2]["params"] == {"channel": "chat:hole", "since": {"offset": 2, "epoch": "e"}}

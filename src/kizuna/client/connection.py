@@ -611,8 +611,10 @@ class Client:
             await asyncio.sleep(wait)
             try:
                 token = await self._get_token()
-                if not token:
-                    log.warning("token callback returned no token; the connection will expire")
+                if not token or token == self._token:
+                    # Nothing new to offer: let it expire; the server closes with 3006 and
+                    # the reconnect asks the callback again (and stops if it has nothing).
+                    log.warning("the token callback had no new token; the connection will expire")
                     return
                 async with asyncio.timeout(self.timeout):
                     new_ttl = await self._request(
@@ -683,8 +685,12 @@ class Client:
                         pending.future.exception()  # retrieved: pipelined commands are not awaited
             elif isinstance(message, Publication):
                 sub = self._subs.get(message.channel)
-                if sub is not None and sub.state is SubscriptionState.SUBSCRIBED:
-                    sub.on_publication(message)
+                if (
+                    sub is not None
+                    and sub.state is SubscriptionState.SUBSCRIBED
+                    and not sub.on_publication(message)  # False: past a hole in the stream
+                ):
+                    self._resync(session, sub)
             elif isinstance(message, Join | Leave):
                 sub = self._subs.get(message.channel)
                 if sub is not None and sub.state is SubscriptionState.SUBSCRIBED:
@@ -764,6 +770,19 @@ class Client:
 
         with contextlib.suppress(ConnectionLost):
             await self._send(session, "subscribe", sub.subscribe_params(), on_result, on_error)
+
+    def _resync(self, session: _Session, sub: Subscription) -> None:
+        """A hole in ``sub``'s stream: subscribe again from its position (recover, or gap)."""
+        log.info("hole in %r after %s: subscribing again to recover", sub.channel, sub.position)
+        sub.on_connection_lost()  # back to SUBSCRIBING: pushes are ignored until the reply
+
+        async def again() -> None:
+            with contextlib.suppress(ConnectionLost):
+                await self._send(session, "unsubscribe", {"channel": sub.channel}, _ignore)
+            if self._session is session and self._subs.get(sub.channel) is sub:
+                await self._send_subscribe(session, sub)
+
+        self._spawn(again())
 
     async def _resubscribe_later(self, session: _Session, sub: Subscription, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -147,18 +147,28 @@ class Subscription:
         if not self._ready.done():
             self._ready.set_result(None)
 
-    def on_publication(self, pub: Publication) -> None:
+    def on_publication(self, pub: Publication) -> bool:
+        """Deliver ``pub`` unless it is a duplicate. False: it lies past a hole in the stream.
+
+        Offsets are consecutive within an epoch, so a publication more than one
+        past the position means some were skipped (the server shed them from a
+        slow connection, say). It is not delivered; the caller subscribes again
+        from the position, which replays the hole or reports a gap.
+        """
         position = self.position
+        if pub.offset and pub.epoch is not None and position is not None:
+            if pub.epoch == position.epoch:
+                if pub.offset <= position.offset:
+                    log.debug("dropped duplicate publication %s@%s", self.channel, pub.offset)
+                    return True
+                if pub.offset > position.offset + 1:
+                    return False
+            elif pub.offset > 1:  # a new epoch, but not from its start
+                return False
         if pub.offset and pub.epoch is not None:
-            if (
-                position is not None
-                and pub.epoch == position.epoch
-                and pub.offset <= position.offset
-            ):
-                log.debug("dropped duplicate publication %s@%s", self.channel, pub.offset)
-                return
             self.position = StreamPosition(pub.offset, pub.epoch)
         self._push(pub)
+        return True
 
     def on_join(self, event: Join | Leave) -> None:
         self._push(event)
