@@ -129,7 +129,21 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.start(self)
-        await self.broker.subscribe(CONTROL_CHANNEL)
+        try:
+            await self.broker.subscribe(CONTROL_CHANNEL)
+        except BrokerError:
+            # The broker is down at start: keep trying, the node serves meanwhile.
+            self.spawn(self._subscribe_control())
+
+    async def _subscribe_control(self, delay: float = 0.5) -> None:
+        while not self.draining:  # shutdown waits for background work: stop when it begins
+            await asyncio.sleep(delay)
+            try:
+                await self.broker.subscribe(CONTROL_CHANNEL)
+            except BrokerError:
+                delay = min(delay * 2, 10.0)
+            else:
+                return
 
     async def close_clients(
         self, code: DisconnectCode = DisconnectCode.SHUTDOWN, window: float = 0.0
