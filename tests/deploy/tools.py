@@ -60,6 +60,7 @@ APT_PACKAGES = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "alertmanager": "prometheus-alertmanager",
     "docker-compose": "docker-compose",
+    "nginx": "nginx",
 }
 
 
