@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 from tests.browser.conftest import Browser
+from tests.client.conftest import SERVER_ARGS
 from tests.client.support import token
 from tests.client.tcp_proxy import TcpProxy
-from tests.support.processes import KizunaProcess
+from tests.support.processes import KizunaProcess, RedisProcess
 
 MESSAGES = "[...document.querySelectorAll('#messages li.message .text')].map(e => e.textContent)"
 STATUS = "document.getElementById('status')"
@@ -170,3 +172,30 @@ async def test_user_supplied_strings_are_shown_as_text(
     presence = await browser.text("eve", "#presence li")
     assert presence == f"{name}(<u>eve</u>)"
     assert not [line for line in await browser.log("eve") if line.startswith("dialog")]
+
+
+async def test_the_demo_fails_over_between_nodes(
+    browser: Browser, redis_server: RedisProcess
+) -> None:
+    """Two nodes on one Redis; Ann's page knows both; her node stops; she misses nothing."""
+    a = KizunaProcess(args=[*SERVER_ARGS, "--broker", redis_server.url])
+    b = KizunaProcess(args=[*SERVER_ARGS, "--broker", redis_server.url, "--allowed-origins", a.url])
+    room = f"failover-{uuid.uuid4().hex[:6]}"
+    with a, b:
+        nodes = f"{a.url},{b.url}"
+        await browser.open("ann", chat_url(a.url, "ann", "Ann", room) + f"&nodes={nodes}")
+        await joined(browser, "ann")
+        await browser.open("bob", chat_url(b.url, "bob", "Bob", room))
+        await joined(browser, "bob")
+        await say(browser, "bob", "across nodes")
+        assert await messages(browser, "ann", 1) == ["across nodes"]
+
+        await asyncio.to_thread(a.stop)
+        await browser.wait("ann", f"{STATUS}.dataset.state !== 'connected'")
+        for text in ("while", "ann", "moves"):
+            await say(browser, "bob", text)
+        await browser.wait("ann", f"{STATUS}.dataset.state === 'connected'")
+        assert await messages(browser, "ann", 4) == ["across nodes", "while", "ann", "moves"]
+        assert await browser.eval("ann", f"{STATUS}.title.startsWith({json.dumps(b.url)})")
+        await say(browser, "ann", "hello from node b")
+        assert (await messages(browser, "bob", 5))[-1] == "hello from node b"
