@@ -8,6 +8,7 @@ that stops, restarts or freezes its Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -16,12 +17,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from kizuna.broker import create_broker
+from kizuna.broker import create_broker, redis_pubsub
 from kizuna.broker.redis import RedisBroker
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerError, BrokerUnavailable, ConfigError
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
-from tests.broker.conftest import RedisBrokers
+from tests.broker.conftest import RedisBrokers, RedisClusterProcesses
 from tests.broker.contract import (
     HISTORY,
     TIMEOUT,
@@ -181,6 +182,21 @@ async def test_starting_before_redis_is_up(own_redis: StartRedis, brokers: Redis
     await recorder.count(channel, 1)
 
 
+async def test_the_portable_read_path_delivers_the_same(
+    redis_server: RedisProcess, brokers: RedisBrokers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the hiredis fast path (no hiredis, or redis-py internals moved)."""
+    monkeypatch.setattr(redis_pubsub, "hiredis_source", lambda conn: None)
+    broker, recorder = await brokers.start(redis_server.url)
+    channel = unique()
+    await broker.subscribe(channel)
+    await asyncio.gather(*(broker.publish(channel, pub(b"%d" % i), HISTORY) for i in range(50)))
+    await broker.publish_join(channel, ClientInfo("u", "c"))
+    await recorder.count(channel, 50)
+    await recorder.until(lambda: len(recorder.joins) == 1)
+    assert [p.offset for p, _ in recorder.on(channel)] == list(range(1, 51))
+
+
 # --- presence expiry -----------------------------------------------------------------------
 
 
@@ -273,3 +289,104 @@ async def test_the_registry_builds_a_redis_broker(
         assert position == StreamPosition(1, recorder.on(channel)[0][1])
     finally:
         await broker.close()
+
+
+# --- Redis Cluster -------------------------------------------------------------------------
+
+
+async def delivered_after(
+    publisher: RedisBroker, channel: str, recorder: Recorder, options: PublishOptions
+) -> bool:
+    """Publish ``"after"`` (an error counts as not yet) and tell whether one was delivered."""
+    with contextlib.suppress(BrokerError):
+        await publisher.publish(channel, pub(b'"after"'), options)
+    await asyncio.sleep(0.05)
+    return any(p.data == b'"after"' for p, _ in recorder.on(channel))
+
+
+class TestRedisClusterBroker(BrokerContract):
+    """The contract on a three-primary Redis Cluster, over sharded Pub/Sub.
+
+    Channels land on different primaries, so this node holds one Pub/Sub
+    connection per primary it has subscribers for.
+    """
+
+    @pytest.fixture
+    async def broker(
+        self, redis_cluster: RedisClusterProcesses, brokers: RedisBrokers
+    ) -> BrokerUnderTest:
+        broker, recorder = await brokers.start(redis_cluster.url)
+        return BrokerUnderTest(broker, recorder)
+
+
+async def test_cluster_with_classic_pubsub(
+    redis_cluster: RedisClusterProcesses, brokers: RedisBrokers
+) -> None:
+    broker, recorder = await brokers.start(redis_cluster.url + "?sharded_pubsub=false")
+    channels = [unique() for _ in range(6)]
+    for channel in channels:
+        await broker.subscribe(channel)
+    for channel in channels:
+        await broker.publish(channel, pub(b'"h"'), HISTORY)
+        await broker.publish(channel, pub(b'"n"'), PublishOptions())
+    for channel in channels:
+        await recorder.count(channel, 2)
+        assert [p.offset for p, _ in recorder.on(channel)] == [1, 0]
+
+
+async def test_cluster_channel_follows_its_slot_to_another_primary(
+    redis_cluster: RedisClusterProcesses, brokers: RedisBrokers
+) -> None:
+    subscriber, recorder = await brokers.start(redis_cluster.url)
+    publisher, _ = await brokers.start(redis_cluster.url)
+    owner = redis_cluster.nodes[1]
+    channel, slot = redis_cluster.empty_slot_channel(owner)  # may move without MIGRATE
+    await subscriber.subscribe(channel)
+    await publisher.publish(channel, pub(b'"before"'), PublishOptions())
+    await recorder.count(channel, 1)
+
+    target = next(n for n in redis_cluster.nodes if n is not owner)
+    target_id = redis_cluster.node_id(target)
+    for node in (target, owner, *redis_cluster.nodes):
+        async with await raw_client(node) as c:
+            await c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    assert redis_cluster.owner(slot) is target
+
+    # The old owner dropped the subscription (sunsubscribe); the broker follows the slot.
+    await until(lambda: delivered_after(publisher, channel, recorder, PublishOptions()))
+    try:
+        assert subscriber.reconnects == 0  # moved, not reconnected
+    finally:
+        for node in redis_cluster.nodes:  # give the slot back for the tests that follow
+            async with await raw_client(node) as c:
+                await c.execute_command(
+                    "CLUSTER", "SETSLOT", slot, "NODE", redis_cluster.node_id(owner)
+                )
+
+
+async def test_cluster_primary_lost_channels_move_to_the_new_owner(
+    brokers: RedisBrokers,
+) -> None:
+    cluster = RedisClusterProcesses(2, "--cluster-require-full-coverage", "no")
+    cluster.start()
+    try:
+        survivor, doomed = cluster.nodes
+        channel, slot = cluster.empty_slot_channel(doomed)
+        subscriber, recorder = await brokers.start(cluster.url)
+        publisher, _ = await brokers.start(cluster.url)
+        await subscriber.subscribe(channel)
+        before = await publisher.publish(channel, pub(b'"before"'), HISTORY)
+        await recorder.count(channel, 1)
+        await subscriber.history(channel, limit=0)
+
+        doomed.stop()  # no replica: an operator gives its slot to the survivor
+        async with await raw_client(survivor) as c:
+            await c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(survivor))
+        assert cluster.owner(slot, ask=survivor) is survivor
+
+        await until(lambda: delivered_after(publisher, channel, recorder, HISTORY), timeout=10)
+        assert recorder.gaps == [channel]  # the history died with its primary: the node is told
+        after = [(p, e) for p, e in recorder.on(channel) if p.data == b'"after"']
+        assert after[0][1] != before.epoch
+    finally:
+        cluster.stop()

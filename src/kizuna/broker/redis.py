@@ -2,8 +2,13 @@
 
 Chosen by ``--broker redis://host:port/db`` (``rediss://`` for TLS,
 ``redis+cluster://host:port`` for Redis Cluster). Options ride in the URL's
-query string (see :class:`RedisOptions`); the rest of the query goes to
-redis-py unchanged (``socket_timeout``, ``ssl_ca_certs``, ...).
+query string (see redis_client.RedisOptions); the rest of the query goes to
+redis-py unchanged (``ssl_ca_certs``, ...).
+
+The parts: redis_client.py (options, clients, error translation),
+redis_scripts.py (key names, Lua), redis_envelope.py (the bytes on the wire),
+redis_pubsub.py (Pub/Sub connections and their reader), redis_presence.py.
+This module ties them into the Broker and PresenceStore ports.
 
 What each operation costs
 -------------------------
@@ -19,7 +24,7 @@ What each operation costs
 
 When Redis goes away
 --------------------
-Every Redis error is translated here: connection failures and timeouts raise
+Every Redis error is translated at this boundary: connection failures and timeouts raise
 :class:`BrokerUnavailable`, anything else :class:`BrokerError` (``raise ...
 from exc``); no redis-py exception leaves this module. :meth:`healthy` turns
 False, publishes fail loudly (never vanish), and the Pub/Sub reader reconnects
@@ -38,25 +43,14 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ClusterDownError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisClusterException, RedisError
 
+from kizuna.broker.redis_client import Calls, RedisOptions, connect
 from kizuna.broker.redis_envelope import (
     JOIN,
     LEAVE,
@@ -68,105 +62,16 @@ from kizuna.broker.redis_envelope import (
     encode_tail,
     unhistoried,
 )
+from kizuna.broker.redis_presence import RedisPresence
 from kizuna.broker.redis_pubsub import Subscriber, SubscriberSettings
-from kizuna.broker.redis_scripts import (
-    HISTORY,
-    PRESENCE_ADD,
-    PRESENCE_READ,
-    PRESENCE_REMOVE,
-    PUBLISH,
-    ChannelKeys,
-)
+from kizuna.broker.redis_scripts import HISTORY, PUBLISH, ChannelKeys
 from kizuna.core.ports import BrokerEventHandler, HistoryResult, PublishOptions
-from kizuna.exceptions import BrokerError, BrokerUnavailable, ConfigError
+from kizuna.exceptions import BrokerError, BrokerUnavailable
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
 
 __all__ = ["RedisBroker", "RedisOptions"]
 
 log = logging.getLogger("kizuna.broker.redis")
-
-_T = TypeVar("_T")
-
-_UNAVAILABLE = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ReadOnlyError,
-    ClusterDownError,
-    TryAgainError,
-    RedisClusterException,
-    OSError,
-    TimeoutError,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RedisOptions:
-    """Settings of the Redis broker; each may be given in the URL query (``?prefix=app1``)."""
-
-    prefix: str = "kizuna"
-    """Prefix of every key and channel name, so several deployments can share one Redis."""
-    sharded_pubsub: bool | None = None
-    """SSUBSCRIBE/SPUBLISH (Redis 7+). None: on for ``redis+cluster://``, off otherwise."""
-    max_connections: int = 64
-    """Command connections per Redis server; callers wait for a free one."""
-    socket_timeout: float = 5.0
-    """Seconds a command may take before it fails with BrokerUnavailable."""
-    connect_timeout: float = 2.0
-    """Seconds to establish a connection."""
-    start_timeout: float = 5.0
-    """Seconds start() waits for Redis; after that the node starts not-ready and keeps trying."""
-    reconnect_min_delay: float = 0.1
-    reconnect_max_delay: float = 5.0
-    ping_interval: float = 5.0
-    """Pub/Sub keepalive: a connection silent for two intervals is replaced."""
-    health_timeout: float = 1.0
-    """Seconds healthy() waits for a PING."""
-    idempotency_window: float = 300.0
-    """Seconds a publish idempotency key is remembered."""
-    empty_history_ttl: float = 3600.0
-    """Seconds the epoch of a channel that was read but never published to is kept."""
-    catch_up_limit: int = 1000
-    """Most publications read from a stream to close the gap after a reconnect."""
-
-    @classmethod
-    def parse(cls, query: dict[str, str], overrides: dict[str, Any]) -> RedisOptions:
-        """Options from the URL query and keyword overrides; every bad value reported at once."""
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in fields(cls):
-            raw: Any = overrides.get(f.name, query.get(f.name))
-            if raw is None:
-                continue
-            try:
-                values[f.name] = _convert(f.name, raw, getattr(cls(), f.name), f.type)
-            except ValueError as exc:
-                problems.append(f"broker: {f.name}: {exc}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        problems.extend(f"broker: unknown option {name!r}" for name in sorted(unknown))
-        if problems:
-            raise ConfigError(problems)
-        return cls(**values)
-
-
-def _convert(name: str, raw: Any, default: Any, annotation: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    if "bool" in str(annotation):
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {raw!r}")
-    if isinstance(default, int):
-        value: float = int(raw)
-    elif isinstance(default, float):
-        value = float(raw)
-    else:
-        return raw
-    if value < 0:
-        raise ValueError(f"must not be negative, got {raw!r}")
-    return value
 
 
 class _Slot:
@@ -189,13 +94,14 @@ class _Slot:
 class RedisBroker:
     """Broker and PresenceStore on Redis (standalone or Cluster)."""
 
-    def __init__(
-        self, client: Redis | RedisCluster, options: RedisOptions, *, cluster: bool = False
-    ) -> None:
+    def __init__(self, client: Redis | RedisCluster, options: RedisOptions) -> None:
         self._redis = client
         self._options = options
-        self._cluster = client if isinstance(client, RedisCluster) else None
-        sharded = options.sharded_pubsub if options.sharded_pubsub is not None else cluster
+        self._cluster: RedisCluster | None = client if isinstance(client, RedisCluster) else None
+        self._call = Calls(options.max_connections if self._cluster is not None else None)
+        sharded = options.sharded_pubsub
+        if sharded is None:
+            sharded = self._cluster is not None
         self._publish_command = "spublish" if sharded else "publish"
         self._settings = SubscriberSettings(
             reconnect_min_delay=options.reconnect_min_delay,
@@ -206,53 +112,18 @@ class RedisBroker:
         )
         self._publish_script = client.register_script(PUBLISH)
         self._history_script = client.register_script(HISTORY)
-        self._presence_add = client.register_script(PRESENCE_ADD)
-        self._presence_remove = client.register_script(PRESENCE_REMOVE)
-        self._presence_read = client.register_script(PRESENCE_READ)
+        self._presence = RedisPresence(client, options.prefix, self._call)
         self._handler: BrokerEventHandler | None = None
         self._slots: dict[bytes, _Slot] = {}
         self._subscribers: dict[str, Subscriber] = {}
         self._routes: dict[bytes, Subscriber] = {}
-        self._local_presence: dict[str, dict[str, tuple[str, float]]] = {}
-        self._presence_changed = asyncio.Event()
-        self._late_removals: list[tuple[str, str]] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_url(cls, url: str, **overrides: Any) -> RedisBroker:
-        """``redis://``, ``rediss://`` or ``redis+cluster://`` (``rediss+cluster://``)."""
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        own = {f.name for f in fields(RedisOptions)}
-        options = RedisOptions.parse({k: v for k, v in query.items() if k in own}, overrides)
-        rest = urlencode({k: v for k, v in query.items() if k not in own})
-        scheme, _, variant = parts.scheme.partition("+")
-        if scheme not in ("redis", "rediss") or variant not in ("", "cluster"):
-            raise ConfigError([f"broker: not a Redis URL: {url!r}"])
-        target = urlunsplit((scheme, parts.netloc, parts.path, rest, ""))
-        common: dict[str, Any] = {
-            "socket_timeout": options.socket_timeout,
-            "socket_connect_timeout": options.connect_timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "decode_responses": False,
-        }
-        try:
-            if variant == "cluster":
-                client: Redis | RedisCluster = RedisCluster.from_url(
-                    target, max_connections=options.max_connections, **common
-                )
-            else:
-                pool = BlockingConnectionPool.from_url(
-                    target,
-                    max_connections=options.max_connections,
-                    timeout=options.socket_timeout,
-                    **common,
-                )
-                client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        except (ValueError, RedisError) as exc:
-            raise ConfigError([f"broker: invalid Redis URL {url!r}: {exc}"]) from exc
-        return cls(client, options, cluster=variant == "cluster")
+    def from_url(cls, url: str, **options: Any) -> RedisBroker:
+        """``redis://``, ``rediss://``, ``redis+cluster://``; options as in RedisOptions."""
+        client, parsed = connect(url, options)
+        return cls(client, parsed)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -268,27 +139,25 @@ class RedisBroker:
             subscriber = self._new_subscriber("")
             if not await subscriber.start(self._options.start_timeout):
                 log.warning("redis not reachable at start; retrying in the background")
-        loop = asyncio.get_running_loop()
-        self._refresher = loop.create_task(self._refresh_presence_forever())
+        self._presence.start()
 
     async def close(self) -> None:
         """Stop reading and refreshing. Presence entries are left to expire: the node
         removes its clients' entries before it closes the broker, and a node that
         cannot (it crashed) must not leave them forever — which is what the TTL is for.
         """
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        self._handler = None  # not healthy any more, and nothing is delivered
+        await self._presence.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in self._subscribers.values()))
         self._subscribers.clear()
         self._routes.clear()
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._redis.aclose()
+        except (RedisError, OSError) as exc:
+            log.warning("redis: closing the client failed: %s", exc)
 
     async def healthy(self) -> bool:
         """Pub/Sub connected and a PING answered within ``health_timeout``."""
@@ -311,6 +180,11 @@ class RedisBroker:
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:
+        """Publish ``pub``; with history, atomically stored and published (one script).
+
+        An idempotency key only applies with history (as in the memory broker):
+        the key remembers the position, and a publication without history has none.
+        """
         keys = ChannelKeys.of(self._options.prefix, channel)
         tail = encode_tail(pub)
         if options.history_size <= 0:
@@ -359,9 +233,11 @@ class RedisBroker:
         try:
             subscriber = await self._route(name)
             await subscriber.subscribe(name)
-        except BaseException:
+        except BaseException as exc:
             self._slots.pop(name, None)
             self._routes.pop(name, None)
+            if isinstance(exc, BrokerUnavailable) and self._cluster is not None:
+                self._spawn(self._refresh_topology())  # the slot may have moved
             raise
         slot.live = True
 
@@ -380,26 +256,26 @@ class RedisBroker:
             deliver=self._deliver,
             resync=self._catch_up,
             lost=self._lost,
+            failed=self._failed if self._cluster is not None else None,
         )
         self._subscribers[label] = subscriber
         return subscriber
 
     def _pubsub_connection(self, label: str) -> AbstractConnection:
         """A fresh connection for Pub/Sub: to ``label`` (host:port) in Cluster, else the server."""
-        if self._cluster is None:
-            pool = self._redis.connection_pool  # type: ignore[union-attr]
-            kwargs = dict(pool.connection_kwargs)
-            kwargs["client_name"] = f"{self._options.prefix}-pubsub"
-            kwargs["protocol"] = 2  # messages as plain arrays, read by our own loop
-            connection: AbstractConnection = pool.connection_class(**kwargs)
-            return connection
-        node = self._cluster.get_node(node_name=label) if label else None
-        if node is None:
-            node = self._cluster.get_random_node()
-        kwargs = dict(node.connection_kwargs)
+        client = self._redis
+        connection_class: type[AbstractConnection]
+        if isinstance(client, RedisCluster):
+            node = client.get_node(node_name=label) if label else None
+            node = node or client.get_random_node()
+            connection_class, kwargs = node.connection_class, dict(node.connection_kwargs)
+        else:
+            pool = client.connection_pool
+            connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
         kwargs["client_name"] = f"{self._options.prefix}-pubsub"
-        kwargs["protocol"] = 2
-        return node.connection_class(**kwargs)
+        kwargs["protocol"] = 2  # messages as plain arrays, read by our own loop
+        connection: AbstractConnection = connection_class(**kwargs)
+        return connection
 
     async def _route(self, name: bytes) -> Subscriber:
         """The subscriber that must hold ``name``: the only one, or its slot owner's in Cluster."""
@@ -416,7 +292,7 @@ class RedisBroker:
             if node is None:
                 raise BrokerUnavailable(f"redis cluster: no owner for {name!r}")
             subscriber = self._subscribers.get(node.name) or self._new_subscriber(node.name)
-            if not subscriber._tasks:
+            if not subscriber.started:
                 await subscriber.start(self._options.connect_timeout)
         self._routes[name] = subscriber
         return subscriber
@@ -425,25 +301,46 @@ class RedisBroker:
         """Redis dropped ``name`` (its slot moved): subscribe it where it lives now."""
         self._routes.pop(name, None)
         slot = self._slots.get(name)
-        if slot is not None:
+        if slot is not None and slot.held is None:  # not already moving
             self._spawn(self._move(name, slot))
 
+    def _failed(self, subscriber: Subscriber, attempts: int) -> None:
+        """A Cluster server keeps failing: after two attempts, look up the owners again."""
+        if attempts == 2 and subscriber.label:
+            self._spawn(self._reroute(subscriber))
+
+    async def _reroute(self, subscriber: Subscriber) -> None:
+        """Move the channels of a failing server to their owners now (after a failover)."""
+        assert self._cluster is not None
+        try:
+            await self._call(self._cluster.nodes_manager.initialize())
+        except BrokerError as exc:
+            log.warning("redis cluster: topology refresh failed: %s", exc)
+            return
+        for name in list(subscriber.channels):
+            node = self._cluster.get_node_from_key(name.decode())
+            if node is not None and node.name != subscriber.label:
+                del subscriber.channels[name]
+                self._lost(subscriber, name)
+        if not subscriber.channels and self._subscribers.get(subscriber.label) is subscriber:
+            del self._subscribers[subscriber.label]
+            await subscriber.close()
+
     async def _move(self, name: bytes, slot: _Slot) -> None:
+        """Subscribe ``name`` on its new owner, holding its messages until caught up."""
         slot.held = []
         try:
-            if self._cluster is not None:
-                with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                    await self._cluster.nodes_manager.initialize()
             for attempt in range(10):
                 if self._slots.get(name) is not slot:
                     return
+                await self._refresh_topology()
                 try:
                     subscriber = await self._route(name)
                     await subscriber.subscribe(name)
                     break
                 except BrokerError as exc:
                     self._routes.pop(name, None)
-                    log.warning("redis: resubscribing %r failed: %s", slot.channel, exc)
+                    log.info("redis: resubscribing %r failed: %s", slot.channel, exc)
                     await asyncio.sleep(self._options.reconnect_min_delay * 2**attempt)
             else:
                 self._gap(slot)
@@ -453,6 +350,12 @@ class RedisBroker:
             held, slot.held = slot.held, None
             for payload in held or ():
                 self._dispatch(slot, payload)
+
+    async def _refresh_topology(self) -> None:
+        """Re-read the Cluster's slot map (after a MOVED, a slot migration or a failover)."""
+        if self._cluster is not None:
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await self._cluster.nodes_manager.initialize()
 
     # --- delivery (the hot path) ---------------------------------------------------------
 
@@ -581,115 +484,18 @@ class RedisBroker:
     # --- presence ------------------------------------------------------------------------
 
     async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
-        """Add ``info``; this node refreshes it every ``ttl / 3`` until it is removed."""
-        ttl = ttl if ttl > 0 else 60.0
-        keys = ChannelKeys.of(self._options.prefix, channel)
-        await self._call(
-            self._presence_add(
-                keys=[keys.presence, keys.presence_expiry], args=[_ms(ttl), info.client, info.user]
-            )
-        )
-        self._local_presence.setdefault(channel, {})[info.client] = (info.user, ttl)
-        self._presence_changed.set()
+        await self._presence.add(channel, info, ttl)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
-        entries = self._local_presence.get(channel)
-        if entries is not None:
-            entries.pop(client_id, None)
-            if not entries:
-                del self._local_presence[channel]
-        if self._late_removals is not None:
-            self._late_removals.append((channel, client_id))
-        keys = ChannelKeys.of(self._options.prefix, channel)
-        await self._call(
-            self._presence_remove(keys=[keys.presence, keys.presence_expiry], args=[client_id])
-        )
+        await self._presence.remove(channel, client_id)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        keys = ChannelKeys.of(self._options.prefix, channel)
-        flat = await self._call(
-            self._presence_read(keys=[keys.presence, keys.presence_expiry], args=["all"])
-        )
-        return {
-            _text(flat[i]): ClientInfo(_text(flat[i + 1]), _text(flat[i]))
-            for i in range(0, len(flat), 2)
-        }
+        return await self._presence.get(channel)
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
-        keys = ChannelKeys.of(self._options.prefix, channel)
-        clients, users = await self._call(
-            self._presence_read(keys=[keys.presence, keys.presence_expiry], args=["stats"])
-        )
-        return int(clients), int(users)
-
-    async def _refresh_presence_forever(self) -> None:
-        """Refresh this node's entries every third of the shortest TTL among them.
-
-        Entries are written with their full TTL when added, so only entries older
-        than the last refresh need refreshing: the clock starts at the last refresh
-        (or at the first entry), never at the latest add.
-        """
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            self._presence_changed.clear()
-            if not self._local_presence:
-                await self._presence_changed.wait()
-                last = loop.time()
-                continue
-            interval = min(t for e in self._local_presence.values() for _, t in e.values()) / 3
-            wait = last + interval - loop.time()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._presence_changed.wait()
-                continue  # woken by an add (maybe a shorter TTL) or due: look again
-            last = loop.time()
-            try:
-                await self._refresh_presence()
-            except BrokerError as exc:
-                log.warning("redis: presence refresh failed: %s", exc)
-
-    async def _refresh_presence(self) -> None:
-        """Re-add this node's entries; removals that raced with the refresh are replayed."""
-        self._late_removals = []
-        try:
-            calls = []
-            for channel, entries in self._local_presence.items():
-                keys = ChannelKeys.of(self._options.prefix, channel)
-                by_ttl: dict[float, list[str]] = {}
-                for client, (user, ttl) in entries.items():
-                    by_ttl.setdefault(ttl, []).extend((client, user))
-                for ttl, pairs in by_ttl.items():
-                    for i in range(0, len(pairs), 1000):
-                        calls.append(
-                            self._presence_add(
-                                keys=[keys.presence, keys.presence_expiry],
-                                args=[_ms(ttl), *pairs[i : i + 1000]],
-                            )
-                        )
-            results = await asyncio.gather(*(self._call(c) for c in calls), return_exceptions=True)
-        finally:
-            late, self._late_removals = self._late_removals, None
-        for channel, client_id in late:
-            keys = ChannelKeys.of(self._options.prefix, channel)
-            await self._call(
-                self._presence_remove(keys=[keys.presence, keys.presence_expiry], args=[client_id])
-            )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        return await self._presence.stats(channel)
 
     # --- helpers -------------------------------------------------------------------------
-
-    async def _call(self, call: Awaitable[_T]) -> _T:
-        """Await a redis-py call, translating its errors into kizuna's."""
-        try:
-            return await call
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
-        except RedisError as exc:
-            raise BrokerError(f"redis error: {exc}") from exc
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
