@@ -34,7 +34,7 @@ from kizuna.broker import create_broker
 from kizuna.config import Config
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
 from kizuna.core.node import Node
-from kizuna.observability import Metrics, Observer
+from kizuna.observability import Metrics, Observer, get_logger
 from kizuna.observability.stats import snapshot
 from kizuna.observability.tracing import tracing_requested
 from kizuna.transports.common import HandshakeSettings
@@ -128,12 +128,29 @@ class Server:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.node.start()
         self.broker_up = 1.0
+        grpc_server = await self._start_grpc() if self.config.grpc_port else None
         try:
             yield
         finally:
+            if grpc_server is not None:
+                from kizuna.transports.grpc import stop_grpc_server
+
+                await stop_grpc_server(grpc_server, grace=1.0)
             await self.node.shutdown()
             if self.tracer is not None:
                 self.tracer.shutdown()
+
+    async def _start_grpc(self) -> Any:
+        """The gRPC edge on ``grpc_port``, in this event loop; None without the extra."""
+        try:
+            from kizuna.transports.grpc import start_grpc_server
+        except ImportError as exc:
+            get_logger("kizuna.server").warning(
+                "grpc_disabled",
+                reason=f"gRPC needs an optional extra: pip install 'kizuna[grpc]' ({exc})",
+            )
+            return None
+        return await start_grpc_server(self.node, self.config)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:

@@ -9,10 +9,6 @@ event loop) until ``kizuna serve`` starts the gRPC edge itself; then only
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,8 +44,8 @@ history_size = {SMALL_HISTORY}
 class GrpcNode(KizunaProcess):
     """A kizuna node with its gRPC edge on ``grpc_port``.
 
-    To use ``kizuna serve`` once it serves gRPC: delete :meth:`start` below (the
-    parent's starts ``kizuna serve``) and pass ``KIZUNA_GRPC_PORT`` in ``env``.
+    A plain ``kizuna serve`` with ``KIZUNA_GRPC_PORT`` set: the server's lifespan
+    starts the gRPC edge in the same event loop.
     """
 
     grpc_port: int = field(default_factory=free_port)
@@ -59,27 +55,8 @@ class GrpcNode(KizunaProcess):
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 15.0) -> GrpcNode:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
-        env.update(
-            {
-                "KIZUNA_HOST": "127.0.0.1",
-                "KIZUNA_PORT": str(self.port),
-                "KIZUNA_GRPC_PORT": str(self.grpc_port),
-                "KIZUNA_JWT_SECRET": self.jwt_secret,
-                "KIZUNA_API_KEY": self.api_key,
-                "KIZUNA_LOG_LEVEL": "info",
-            }
-        )
-        env.update(self.env)
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.grpc.launcher", *self.args],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_ready(timeout)
+        self.env = {"KIZUNA_GRPC_PORT": str(self.grpc_port), "KIZUNA_LOG_LEVEL": "info", **self.env}
+        super().start(timeout)
         wait_for_port(self.grpc_port, timeout)
         return self
 

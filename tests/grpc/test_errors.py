@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,7 +13,7 @@ from kizuna.core.auth import mint_token
 from kizuna.protocol.codes import ErrorCode
 from kizuna.transports.grpc import CHANNEL_KEY
 from kizuna.transports.grpc_gen import chat_pb2, chat_pb2_grpc
-from tests.grpc.clients import error_code, read, rpc_error, subscriptions
+from tests.grpc.clients import TIMEOUT, error_code, read, rpc_error, subscriptions
 from tests.grpc.conftest import GrpcNode, auth, token
 
 Stub = chat_pb2_grpc.ChatServiceStub
@@ -258,3 +259,31 @@ async def test_a_refused_call_leaves_other_clients_alone(
     listener.cancel()
     async with httpx.AsyncClient() as http:
         assert (await http.get(grpc_node.url + "/healthz")).status_code == 200
+
+
+async def test_chat_past_the_command_rate_ends_with_resource_exhausted(uid: str) -> None:
+    node = GrpcNode(args=["--command-rate", "5", "--command-burst", "3"])
+    try:
+        node.start()
+        async with grpc.aio.insecure_channel(node.grpc_target) as channel:
+            chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(
+                metadata=(*auth(), (CHANNEL_KEY, f"chat:{uid}"))
+            )
+            await subscriptions(chat)
+            for i in range(10):
+                await chat.write(chat_pb2.ChatMessage(content=f"m{i}"))
+            delivered = []
+            while True:  # the status comes after what was sent before the refusal
+                try:
+                    message = await asyncio.wait_for(chat.read(), TIMEOUT)
+                except grpc.aio.AioRpcError:
+                    break
+                delivered.append(message.content)
+            assert delivered == ["m0", "m1", "m2"]  # the burst, then the stream ended
+            code = await asyncio.wait_for(chat.code(), TIMEOUT)
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            trailing = dict(await chat.trailing_metadata())
+            assert trailing["kizuna-error-code"] == "111"
+    finally:
+        node.stop()
+        node.close_log()

@@ -129,8 +129,12 @@ class Client:
         """The peer's address without the port ('' when unknown)."""
         return self.remote_addr.rpartition(":")[0]
 
-    def _take_token(self) -> bool:
-        """The command-rate token bucket: True if this command may run."""
+    def allow_command(self) -> bool:
+        """The command-rate token bucket: True if one more command may run now.
+
+        Every edge that takes commands from a client calls it once per command;
+        a refusal is counted, and ``refused_in_a_row`` tells how persistent the client is.
+        """
         rate = self.node.options.command_rate
         if not rate:
             return True
@@ -143,7 +147,12 @@ class Client:
             self._refused = 0
             return True
         self._refused += 1
+        self.node.events.limit_refused("command_rate")
         return False
+
+    @property
+    def refused_in_a_row(self) -> int:
+        return self._refused
 
     # --- outbound ------------------------------------------------------------------------
 
@@ -250,8 +259,7 @@ class Client:
         if self.state is ClientState.CONNECTING and not isinstance(command, Connect):
             await self.close(DisconnectCode.BAD_REQUEST, "connect first")
             return
-        if not self._take_token():
-            self.node.events.limit_refused("command_rate")
+        if not self.allow_command():
             if self._refused > self.node.options.command_burst:
                 await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
                 return

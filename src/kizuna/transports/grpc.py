@@ -452,6 +452,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> None:
         """Publish every message the peer sends, in order, until it half-closes."""
         async for message in messages:
+            if not client.allow_command():  # a stream has no per-message reply: end it
+                raise ProtocolError(ErrorCode.TOO_MANY_REQUESTS, "command rate exceeded")
             await self._timed(
                 "publish", self._publish(message, client.credentials, client.info, default)
             )
