@@ -438,6 +438,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             reader.result()  # a refused message ends the call with its status
             await client.flush()  # half-closed: write what is queued, then end with OK
         except Exception as exc:
+            if client is not None and isinstance(exc, ProtocolError):
+                await client.flush()  # what was published before the refusal still arrives
             await self._abort(context, exc)
         finally:
             if reader is not None and not reader.done():
