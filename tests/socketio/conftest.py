@@ -1,0 +1,96 @@
+"""Fixtures of the Socket.IO tests: real servers, real socket.io-client processes.
+
+Servers are real ``kizuna serve`` processes with the Socket.IO app mounted.
+Until server.py mounts it, :func:`serve_socketio` starts them through
+``tests/socketio/launcher.py`` (``kizuna serve`` with ``/socket.io/`` routed to
+the app); once it does, the two lines marked below go and the same fixture
+runs the plain ``kizuna`` script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.socketio.clients import TIMEOUT, NativeClient, SioDriver
+from tests.support import processes
+from tests.support.processes import KizunaProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOWED_ORIGIN = "http://allowed.example"
+
+
+@contextlib.contextmanager
+def serve_socketio(*args: str, port: int | None = None) -> Iterator[KizunaProcess]:
+    """A running server with Socket.IO at /socket.io/, stopped (and its log closed) after."""
+    process = KizunaProcess(args=list(args), env={"PYTHONPATH": str(ROOT)})
+    if port is not None:
+        process.port = port
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            # Until server.py mounts the Socket.IO app: run the launcher instead of `kizuna`.
+            patch.setattr(
+                processes,
+                "_kizuna_command",
+                lambda: [sys.executable, "-m", "tests.socketio.launcher"],
+            )
+            process.start()
+        yield process
+    finally:
+        process.stop()
+        log = process._log
+        if log is not None:
+            log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="package")
+def server() -> Iterator[KizunaProcess]:
+    """The shared server (memory broker, one allowlisted Origin); tests use unique rooms."""
+    with serve_socketio("--allowed-origins", ALLOWED_ORIGIN) as process:
+        yield process
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short unique suffix for room and user names, so tests sharing a server never meet."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def sio() -> AsyncIterator[SioDriver]:
+    """A socket.io-client process for the test, stopped when it ends."""
+    driver = await SioDriver.start()
+    yield driver
+    await driver.aclose()
+
+
+OpenNative = Callable[..., Coroutine[Any, Any, NativeClient]]
+
+
+@pytest.fixture
+async def open_native() -> AsyncIterator[OpenNative]:
+    """Open native WebSocket clients; every one is closed when the test ends."""
+    clients: list[NativeClient] = []
+
+    async def opener(ws_url: str, jwt_token: str) -> NativeClient:
+        client = await NativeClient.open(ws_url, jwt_token)
+        clients.append(client)
+        return client
+
+    yield opener
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that never goes through a proxy: all traffic stays on 127.0.0.1."""
+    async with httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as client:
+        yield client
