@@ -20,7 +20,7 @@ from kizuna.core.node import Node
 from kizuna.core.options import NamespaceOptions, NodeOptions
 from kizuna.core.ports import Credentials, HistoryResult
 from kizuna.protocol.codes import DisconnectCode
-from kizuna.protocol.messages import StreamPosition
+from kizuna.protocol.messages import Publication, StreamPosition
 
 
 class RecordingTransport:
@@ -539,3 +539,37 @@ async def test_drop_oldest_never_drops_replies() -> None:
     transport.gate.set()
     await settle()
     assert [m["id"] for m in transport.messages() if "id" in m][-10:] == list(range(10, 20))
+
+
+async def test_offsets_that_jump_close_subscribers_with_3005_and_duplicates_are_dropped() -> None:
+    """What a broker reconnect can cause: the node never passes a gap on silently."""
+    node = await make_node()
+    client, transport = await connected(node)
+    await client.handle_frame(cmd(2, "subscribe", channel="chat:g"))
+    await settle()
+    epoch = transport.reply(2)["result"]["epoch"]
+    node.handle_publication("chat:g", Publication(b"1", 1), epoch)
+    node.handle_publication("chat:g", Publication(b"1", 1), epoch)  # duplicate: dropped
+    node.handle_publication("chat:g", Publication(b"2", 2), epoch)
+    node.handle_publication("chat:g", Publication(b"9", 1), "fresh")  # new stream from 1: fine
+    await settle()
+    assert transport.pubs("chat:g") == [1, 2, 9]
+    node.handle_publication("chat:g", Publication(b"5", 5), "fresh")  # 2..4 lost
+    await settle()
+    assert transport.pubs("chat:g") == [1, 2, 9]
+    assert transport.closed is not None
+    assert transport.closed[0] == DisconnectCode.INSUFFICIENT_STATE
+
+
+async def test_broker_reported_gap_closes_only_that_channels_subscribers() -> None:
+    node = await make_node()
+    a, ta = await connected(node, "a")
+    b, tb = await connected(node, "b")
+    await a.handle_frame(cmd(2, "subscribe", channel="chat:lost"))
+    await b.handle_frame(cmd(2, "subscribe", channel="chat:kept"))
+    await settle()
+    node.handle_gap("chat:lost")
+    await settle()
+    assert ta.closed is not None
+    assert ta.closed[0] == 3005
+    assert tb.closed is None

@@ -22,6 +22,7 @@ SCHEMES: dict[str, str] = {
     "redis": "kizuna.broker.redis:RedisBroker",
     "rediss": "kizuna.broker.redis:RedisBroker",
     "redis+cluster": "kizuna.broker.redis:RedisBroker",
+    "rediss+cluster": "kizuna.broker.redis:RedisBroker",
 }
 
 

@@ -30,7 +30,7 @@ class Subscriber(Protocol):
 class ChannelSubscribers:
     """The local subscribers of one channel."""
 
-    __slots__ = ("active", "droppable", "pending")
+    __slots__ = ("active", "droppable", "epoch", "offset", "pending")
 
     def __init__(self, droppable: bool = False) -> None:
         # dicts used as ordered sets: iteration order is subscription order.
@@ -38,6 +38,29 @@ class ChannelSubscribers:
         self.pending: dict[Subscriber, list[tuple[int, bytes]]] = {}
         self.droppable = droppable
         """The namespace's slow-consumer policy is drop-oldest."""
+        self.offset = -1
+        """The last offset fanned out here (-1: not known yet), to spot gaps and duplicates."""
+        self.epoch = ""
+
+    def follows(self, offset: int, epoch: str) -> bool | None:
+        """Whether a publication continues this channel's stream here.
+
+        True: deliver it. None: a duplicate (already delivered), drop it. False:
+        publications were lost before it. A new epoch that starts at 1 is a
+        stream that expired and began again, which loses nothing.
+        """
+        last = self.offset
+        if last < 0 or (epoch != self.epoch and offset == 1) or offset == last + 1:
+            self.offset, self.epoch = offset, epoch
+            return True
+        if epoch == self.epoch and offset <= last:
+            return None
+        return False
+
+    def note_position(self, offset: int, epoch: str) -> None:
+        """Where a subscribe found the stream, unless publications already told us more."""
+        if self.offset < 0 or (epoch == self.epoch and offset > self.offset):
+            self.offset, self.epoch = offset, epoch
 
     def __len__(self) -> int:
         return len(self.active) + len(self.pending)

@@ -314,6 +314,10 @@ class Node:
         if client.state is ClientState.CLOSED or channel not in client.subscriptions:
             return sub
         buffered = self.hub.activate(channel, client)
+        if sub.position is not None:
+            subscribers = self.hub.get(channel)
+            assert subscribers is not None
+            subscribers.note_position(sub.position.offset, sub.position.epoch)
         if options.join_leave:
             self.spawn(self._broker_call("join", self.broker.publish_join(channel, client.info)))
         top = sub.position.offset if sub.position else 0
@@ -503,6 +507,13 @@ class Node:
             if channel == CONTROL_CHANNEL:
                 self._control(pub.data)
             return
+        if pub.offset:
+            follows = subscribers.follows(pub.offset, epoch)
+            if follows is None:  # a duplicate after a broker reconnect: already delivered
+                return
+            if not follows:
+                self.handle_gap(channel)
+                return
         namespace = namespace_of(channel)
         span = None
         if self.tracing:
@@ -516,6 +527,18 @@ class Node:
         self.events.fanned_out(namespace, recipients, latency, pub.traceparent)
         if span is not None:
             span.end()
+
+    def handle_gap(self, channel: str) -> None:
+        """Close this channel's local subscribers with 3005: they reconnect and recover,
+        or learn ``recovered: false`` — a gap is never passed over silently."""
+        subscribers = self.hub.get(channel)
+        if subscribers is None:
+            return
+        self.events.recovery(False)
+        for client in [*subscribers.active, *subscribers.pending]:
+            if isinstance(client, Client):
+                client.close_soon(DisconnectCode.INSUFFICIENT_STATE, f"gap in {channel}")
+        subscribers.offset = -1
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         subscribers = self.hub.get(channel)

@@ -56,6 +56,11 @@ class BrokerEventHandler(Protocol):
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
 
+    def handle_gap(self, channel: str) -> None:
+        """Publications of ``channel`` were lost on the way (a broker reconnect the
+        history could not bridge): local subscribers must recover."""
+        ...
+
 
 class Broker(Protocol):
     """Moves publications between nodes and keeps channel history.
