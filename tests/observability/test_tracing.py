@@ -88,3 +88,50 @@ def test_off_unless_the_environment_asks() -> None:
     assert not tracing_requested(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"}
     )
+
+
+async def _subscribe(url: str, channel: str) -> object:
+    ws = await connect(url)
+    await ws.send(
+        orjson.dumps(
+            {"id": 1, "method": "connect", "params": {"token": mint_token(JWT_SECRET, "sub")}}
+        )
+    )
+    await ws.recv()
+    await ws.send(orjson.dumps({"id": 2, "method": "subscribe", "params": {"channel": channel}}))
+    await ws.recv()
+    return ws
+
+
+async def test_one_trace_from_publisher_through_redis_to_every_node(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    with OTLPReceiver() as receiver:
+        common = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
+        a = KizunaProcess(args=["--broker", url], env={**common, "OTEL_SERVICE_NAME": "node-a"})
+        b = KizunaProcess(args=["--broker", url], env={**common, "OTEL_SERVICE_NAME": "node-b"})
+        with a, b:
+            channel = "chat:traced-across"
+            subs = [await _subscribe(a.ws_url, channel), await _subscribe(b.ws_url, channel)]
+            assert a.api("publish", channel=channel, data={"x": 1}).status_code == 200
+            for ws in subs:
+                while b'"push":"pub"' not in (await asyncio.wait_for(ws.recv(), 5)).encode():  # type: ignore[attr-defined]
+                    pass
+                await ws.close()  # type: ignore[attr-defined]
+
+            def delivered_on_both(spans: list[ReceivedSpan]) -> bool:
+                return {s.service for s in spans if s.name == "deliver chat"} == {
+                    "node-a",
+                    "node-b",
+                }
+
+            spans = await asyncio.to_thread(receiver.wait_for, delivered_on_both)
+    [publish] = [s for s in spans if s.name == "publish chat"]
+    assert publish.service == "node-a"
+    deliveries = [s for s in spans if s.name == "deliver chat"]
+    assert {d.trace_id for d in deliveries} == {publish.trace_id}
+    assert {d.parent_span_id for d in deliveries} == {publish.span_id}
+    assert len(deliveries) == 2  # one per node, not one per recipient

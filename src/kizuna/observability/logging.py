@@ -70,6 +70,11 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # These log every frame at debug level — tokens and message bodies included
+    # (uvicorn hands its "uvicorn.error" logger to the websockets protocol) — so
+    # they never log below info, whatever kizuna's own level.
+    for name in ("uvicorn.error", "websockets", "hpack", "grpc", "socketio", "engineio"):
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
 
 
 def get_logger(name: str = "kizuna") -> Any:
