@@ -76,6 +76,8 @@ def test_translate_publication_join_leave() -> None:
     no_history = Publication(b"[1]", 0, None, 0.0, None)
     _, _, data = decode(translate_push(codec.encode_publication_push("chat:r", no_history)))
     assert data == ["newMessage", [1], {"room": "r"}]
+    _, ns, data = decode(translate_push(codec.encode_join_push("lobby", info)))
+    assert (ns, data) == ("/", ["userJoined", {"userId": "alice", "room": "lobby"}])
     _, ns, data = decode(translate_push(codec.encode_join_push("notifications:x", info)))
     assert (ns, data) == ("/notifications", ["userJoined", {"userId": "alice", "room": "x"}])
     anonymous = ClientInfo(user="", client="c9")
@@ -116,6 +118,7 @@ def test_room_channel() -> None:
     assert room_channel("/chat", "r1") == "chat:r1"
     assert room_channel("/notifications", "a:b") == "notifications:a:b"
     assert room_channel("/chat", "") is None
+    assert room_channel("/", "lobby") == "lobby"  # kizuna's namespace "" is Socket.IO's "/"
     assert room_channel("/chat", "x" * 250) == "chat:" + "x" * 250  # 255, the longest
     assert room_channel("/chat", "x" * 251) is None
 

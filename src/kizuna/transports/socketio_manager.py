@@ -317,7 +317,8 @@ class KizunaManager(socketio.AsyncManager):  # type: ignore[misc]
         # No await until the buffered publications are queued: live ones follow them.
         for data in sub.followups:
             client.enqueue(data)
-        self.basic_enter_room(client.sid, client.namespace, room)
+        if client.state is ClientState.CONNECTED and channel in client.subscriptions:
+            self.basic_enter_room(client.sid, client.namespace, room)  # not if it left meanwhile
         return sub.reply()
 
     async def leave(self, client: SocketIOClient, room: str) -> None:

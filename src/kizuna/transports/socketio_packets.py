@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from engineio import packet as eio_packet  # type: ignore[import-untyped]
 
-from kizuna.core.channels import NAMESPACE_SEPARATOR
+from kizuna.core.channels import NAMESPACE_SEPARATOR, namespace_of
 from kizuna.protocol.codec import MAX_CHANNEL_LENGTH
 from kizuna.protocol.codes import ErrorCode
 
@@ -80,7 +80,8 @@ def room_channel(sio_ns: str, room: str) -> str | None:
     """The channel of ``room`` in Socket.IO namespace ``sio_ns``; None if it cannot be one."""
     if not room:
         return None
-    channel = kizuna_namespace(sio_ns) + NAMESPACE_SEPARATOR + room
+    ns = kizuna_namespace(sio_ns)
+    channel = ns + NAMESPACE_SEPARATOR + room if ns else room  # "" is the namespace of "name"
     return channel if len(channel) <= MAX_CHANNEL_LENGTH else None
 
 
@@ -129,7 +130,8 @@ def translate_push(data: bytes | memoryview) -> EioPacket | None:
     channel = message.get("channel")
     if not isinstance(channel, str):
         return None
-    ns, _, room = channel.partition(NAMESPACE_SEPARATOR)
+    ns = namespace_of(channel)
+    room = channel[len(ns) + 1 :] if ns else channel
     namespace = socketio_namespace(ns)
     kind = message.get("push")
     if kind == "pub":
