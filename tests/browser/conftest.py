@@ -163,8 +163,9 @@ def browser(chromium: Browser) -> Iterator[Browser]:
         chromium.close_pages()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kizuna() -> Iterator[KizunaProcess]:
+    """One server per module (tests use their own rooms); a test may restart it."""
     with KizunaProcess(args=SERVER_ARGS) as server:
         yield server
 

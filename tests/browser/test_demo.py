@@ -85,9 +85,9 @@ async def test_a_page_that_loses_its_connection_gets_every_missed_message(
     browser: Browser, kizuna: KizunaProcess, proxy: TcpProxy, artifacts: Path
 ) -> None:
     """Ann's page is served through a proxy; its WebSocket is cut and refused for a while."""
-    await browser.open("ann", chat_url(f"http://127.0.0.1:{proxy.port}", "ann", "Ann"))
+    await browser.open("ann", chat_url(f"http://127.0.0.1:{proxy.port}", "ann", "Ann", "cut"))
     await joined(browser, "ann")
-    await browser.open("bob", chat_url(kizuna.url, "bob", "Bob"))
+    await browser.open("bob", chat_url(kizuna.url, "bob", "Bob", "cut"))
     await joined(browser, "bob")
     await say(browser, "bob", "before")
     assert await messages(browser, "ann", 1) == ["before"]
@@ -117,7 +117,7 @@ async def test_a_server_restart_shows_a_gap_and_reloads_history(
     browser: Browser, kizuna: KizunaProcess, artifacts: Path
 ) -> None:
     """The memory broker loses history on restart: the page must say so, not hide it."""
-    await browser.open("ann", chat_url(kizuna.url, "ann", "Ann"))
+    await browser.open("ann", chat_url(kizuna.url, "ann", "Ann", "restart"))
     await joined(browser, "ann")
     await say(browser, "ann", "before the restart")
     await messages(browser, "ann", 1)
@@ -128,7 +128,7 @@ async def test_a_server_restart_shows_a_gap_and_reloads_history(
     response = await asyncio.to_thread(
         kizuna.api,
         "publish",
-        channel="chat:lobby",
+        channel="chat:restart",
         data={"kind": "msg", "name": "Ops", "text": "published right after the restart"},
     )
     assert response.status_code == 200

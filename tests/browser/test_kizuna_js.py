@@ -136,8 +136,9 @@ async def test_a_stalled_connection_is_found_by_pinging(
     drop = next(s for s in await states(browser) if s["state"] == "disconnected")
     assert (drop["code"], drop["reason"], drop["reconnect"]) == (1011, "ping timeout", True)
     assert await browser.eval("page", "t.data") == [0, 1, 2]
-    back = await browser.eval("page", "t.events.filter(e => e.type === 'subscribed')[1]")
-    assert (back["recovered"], back["missed"]) == (True, 3)
+    again = await browser.eval("page", "t.events.filter(e => e.resubscribed)")
+    assert again and all(e["recovered"] and not e["gap"] for e in again)
+    assert sum(e["missed"] for e in again) == 3
 
 
 async def test_a_terminal_code_stops_reconnecting(
@@ -246,7 +247,8 @@ async def test_backoff_delays_stay_within_bounds(browser: Browser, kizuna: Kizun
         assert 50 <= delay <= min(200, 50 * 2**n), (n, delay)
     for change, nxt in zip(retries, connecting[1:], strict=True):
         waited = float(nxt["at"]) - float(change["at"])  # type: ignore[arg-type]
-        assert float(change["delay"]) - 5 <= waited <= float(change["delay"]) + 250  # type: ignore[arg-type]
+        delay = float(change["delay"])  # type: ignore[arg-type]
+        assert delay - 5 <= waited <= delay + 1000  # slack for a loaded CI
 
 
 def garbage_then_behave(frame: str) -> object:

@@ -50,5 +50,12 @@ async def roomy_proxy(roomy_kizuna: KizunaProcess) -> AsyncIterator[TcpProxy]:
         yield p
 
 
+@pytest.fixture
+async def shared_proxy(shared_kizuna: KizunaProcess) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy (its own, for one test) in front of the module's shared server."""
+    async with TcpProxy(shared_kizuna.port) as p:
+        yield p
+
+
 def ws_url(port: int) -> str:
     return f"ws://127.0.0.1:{port}/connection/websocket"

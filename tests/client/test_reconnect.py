@@ -25,7 +25,14 @@ from kizuna.client import (
     Subscription,
 )
 from tests.client.conftest import ws_url
-from tests.client.support import FAST_BACKOFF, TIMEOUT, StateLog, next_event, token
+from tests.client.support import (
+    FAST_BACKOFF,
+    TIMEOUT,
+    StateLog,
+    next_event,
+    publications,
+    token,
+)
 from tests.client.tcp_proxy import TcpProxy
 from tests.support.processes import KizunaProcess, free_port
 
@@ -98,19 +105,19 @@ async def test_dropped_connections_recover_every_publication_exactly_once(
 
 
 async def test_missing_more_than_the_history_holds_is_a_gap_never_a_hole(
-    kizuna: KizunaProcess, proxy: TcpProxy
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
 ) -> None:
     async with (
-        Client(ws_url(proxy.port), token=token(), backoff=FAST_BACKOFF) as client,
-        Client(kizuna.ws_url, token=token("other")) as other,
+        Client(ws_url(shared_proxy.port), token=token(), backoff=FAST_BACKOFF) as client,
+        Client(shared_kizuna.ws_url, token=token("other")) as other,
     ):
         sub = await client.subscribe("chat:long-away")
         await next_event(sub, Subscribed)
-        proxy.refusing = True
-        proxy.cut()
+        shared_proxy.refusing = True
+        shared_proxy.cut()
         for i in range(150):  # the chat namespace keeps 100
             await other.publish("chat:long-away", i)
-        proxy.refusing = False
+        shared_proxy.refusing = False
         back = await next_event(sub, Subscribed)
         assert back.gap and not back.recovered and back.missed == 0
         assert back.position is not None and back.position.offset == 150
@@ -119,16 +126,20 @@ async def test_missing_more_than_the_history_holds_is_a_gap_never_a_hole(
         assert (pub.data, pub.offset) == ("live", 151)
 
 
-async def test_server_restart_with_memory_broker_surfaces_a_gap(kizuna: KizunaProcess) -> None:
+async def test_server_restart_with_memory_broker_surfaces_a_gap(
+    kizuna: KizunaProcess, proxy: TcpProxy
+) -> None:
+    """The client is held off (by the proxy) until something was published after the restart."""
     log = StateLog()
     async with Client(
-        kizuna.ws_url, token=token(), backoff=Backoff(min_delay=0.3, max_delay=0.5), on_state=log
+        ws_url(proxy.port), token=token(), backoff=FAST_BACKOFF, on_state=log
     ) as client:
         sub = await client.subscribe("chat:restart")
         await next_event(sub, Subscribed)
         await client.publish("chat:restart", "before")
         assert (await next_event(sub, Publication)).data == "before"
 
+        proxy.refusing = True
         await asyncio.to_thread(kizuna.stop)
         drop = await log.wait_for(lambda c: c.state is DISCONNECTED)
         assert (drop.code, drop.reason, drop.reconnect) == (3001, "shutdown", True)
@@ -138,6 +149,7 @@ async def test_server_restart_with_memory_broker_surfaces_a_gap(kizuna: KizunaPr
         assert (
             await asyncio.to_thread(kizuna.api, "publish", channel="chat:restart", data="meanwhile")
         ).status_code == 200
+        proxy.refusing = False
 
         resubscribed = await next_event(sub, Subscribed)
         assert resubscribed.resubscribed and resubscribed.gap and not resubscribed.recovered
@@ -155,11 +167,11 @@ async def test_server_restart_with_memory_broker_surfaces_a_gap(kizuna: KizunaPr
 
 
 async def test_a_stalled_connection_is_found_by_the_heartbeat(
-    kizuna: KizunaProcess, proxy: TcpProxy
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
 ) -> None:
     log = StateLog()
     async with Client(
-        ws_url(proxy.port),
+        ws_url(shared_proxy.port),
         token=token(),
         backoff=FAST_BACKOFF,
         ping_interval=0.2,
@@ -169,33 +181,34 @@ async def test_a_stalled_connection_is_found_by_the_heartbeat(
     ) as client:
         sub = await client.subscribe("chat:stall")
         await next_event(sub, Subscribed)
-        proxy.stall()
+        shared_proxy.stall()
         for i in range(3):
-            await asyncio.to_thread(kizuna.api, "publish", channel="chat:stall", data=i)
+            await asyncio.to_thread(shared_kizuna.api, "publish", channel="chat:stall", data=i)
         dropped = await log.wait_for(lambda c: c.state is DISCONNECTED)
         assert (dropped.code, dropped.reason, dropped.reconnect) == (
             1011,
             "keepalive ping timeout",
             True,
         )
-        recovered = await next_event(sub, Subscribed)
-        assert recovered.recovered and recovered.missed == 3
-        got = [(await next_event(sub, Publication)).data for _ in range(3)]
-        assert got == [0, 1, 2]
+        pubs, others = await publications(sub, 3)
+        assert [p.data for p in pubs] == [0, 1, 2]
+        again = [e for e in others if isinstance(e, Subscribed)]
+        assert again and all(e.recovered and not e.gap for e in again)
+        assert sum(e.missed for e in again) == 3  # all three came back through recovery
 
 
 async def test_a_command_in_flight_when_the_connection_dies_raises_connection_lost(
-    kizuna: KizunaProcess, proxy: TcpProxy
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
 ) -> None:
     async with Client(
-        ws_url(proxy.port),
+        ws_url(shared_proxy.port),
         token=token(),
         backoff=FAST_BACKOFF,
         ping_interval=0.2,
         ping_timeout=0.3,
         close_timeout=0.3,
     ) as client:
-        proxy.stall()
+        shared_proxy.stall()
         with pytest.raises(ConnectionLost):
             await client.publish("chat:lost", "maybe")
         # The next command waits for the new connection and goes through.
@@ -203,19 +216,19 @@ async def test_a_command_in_flight_when_the_connection_dies_raises_connection_lo
 
 
 async def test_commands_wait_for_the_connection_to_come_back(
-    kizuna: KizunaProcess, proxy: TcpProxy
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
 ) -> None:
     log = StateLog()
     async with Client(
-        ws_url(proxy.port), token=token(), backoff=FAST_BACKOFF, on_state=log
+        ws_url(shared_proxy.port), token=token(), backoff=FAST_BACKOFF, on_state=log
     ) as client:
-        proxy.refusing = True
-        proxy.cut()
+        shared_proxy.refusing = True
+        shared_proxy.cut()
         await log.wait_for(lambda c: c.state is DISCONNECTED)
         publish = asyncio.create_task(client.publish("chat:wait", "queued"))
         await asyncio.sleep(0.3)
         assert not publish.done()
-        proxy.refusing = False
+        shared_proxy.refusing = False
         position = await asyncio.wait_for(publish, TIMEOUT)
         assert position is not None and position.offset == 1
 
@@ -242,7 +255,7 @@ async def test_backoff_delays_stay_within_bounds_and_max_attempts_stops() -> Non
     for (left, change), (right, _) in zip(retries, connecting[1:], strict=True):
         assert change.delay is not None
         waited = right - left
-        assert change.delay - 0.005 <= waited <= change.delay + 0.25
+        assert change.delay - 0.005 <= waited <= change.delay + 1.0  # slack for a loaded CI
     final = log.changes[-1][1]
     assert (final.state, final.reconnect) == (DISCONNECTED, False)
     assert elapsed < sum(c.delay or 0 for _, c in retries) + 2
@@ -250,29 +263,29 @@ async def test_backoff_delays_stay_within_bounds_and_max_attempts_stops() -> Non
 
 
 async def test_backoff_resets_after_a_stable_connection(
-    kizuna: KizunaProcess, proxy: TcpProxy
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
 ) -> None:
     log = StateLog()
     policy = Backoff(min_delay=0.05, max_delay=0.4)
     async with Client(
-        ws_url(proxy.port), token=token(), backoff=policy, stable_after=0.3, on_state=log
+        ws_url(shared_proxy.port), token=token(), backoff=policy, stable_after=0.3, on_state=log
     ):
         # An unstable stretch: refused three times, then up for a moment only.
-        proxy.refusing = True
-        proxy.cut()
+        shared_proxy.refusing = True
+        shared_proxy.cut()
         mark = len(log.changes)
         await log.wait_for(lambda c: c.state is CONNECTING and c.attempt == 3, after=mark)
-        proxy.refusing = False
+        shared_proxy.refusing = False
         await log.wait_state(CONNECTED, after=mark)
         mark = len(log.changes)
-        proxy.cut()  # dropped right away: not stable, the count goes on
+        shared_proxy.cut()  # dropped right away: not stable, the count goes on
         again = await log.wait_state(CONNECTING, after=mark)
         assert again.attempt >= 4
         await log.wait_state(CONNECTED, after=mark)
 
         await asyncio.sleep(0.4)  # now stable
         mark = len(log.changes)
-        proxy.cut()
+        shared_proxy.cut()
         drop = await log.wait_for(lambda c: c.state is DISCONNECTED, after=mark)
         assert drop.delay == pytest.approx(0.05)  # ceiling(0) == min_delay
         retry = await log.wait_state(CONNECTING, after=mark)
@@ -280,19 +293,23 @@ async def test_backoff_resets_after_a_stable_connection(
         await log.wait_state(CONNECTED, after=mark)
 
 
-async def test_terminal_code_stops_reconnecting(kizuna: KizunaProcess, proxy: TcpProxy) -> None:
+async def test_terminal_code_stops_reconnecting(
+    shared_kizuna: KizunaProcess, shared_proxy: TcpProxy
+) -> None:
     log = StateLog()
-    client = Client(ws_url(proxy.port), token=token("mallory"), backoff=FAST_BACKOFF, on_state=log)
+    client = Client(
+        ws_url(shared_proxy.port), token=token("mallory"), backoff=FAST_BACKOFF, on_state=log
+    )
     await client.connect()
     sub = await client.subscribe("chat:x")
     await next_event(sub, Subscribed)
-    response = await asyncio.to_thread(kizuna.api, "disconnect", user="mallory")
+    response = await asyncio.to_thread(shared_kizuna.api, "disconnect", user="mallory")
     assert response.json() == {"result": {"disconnected": 1}}
     with pytest.raises(Disconnected) as ended:  # the iterator raises: this is not a quiet end
         await next_event(sub, Publication)
     assert (ended.value.code, ended.value.reason) == (4003, "forbidden")
     await asyncio.sleep(FAST_BACKOFF.max_delay * 2)  # a retry would have happened by now
-    assert proxy.accepted == 1
+    assert shared_proxy.accepted == 1
     assert log.states()[-1] is DISCONNECTED and not log.changes[-1][1].reconnect
     with pytest.raises(Disconnected):
         await client.publish("chat:x", 1)
@@ -301,10 +318,12 @@ async def test_terminal_code_stops_reconnecting(kizuna: KizunaProcess, proxy: Tc
     await client.close()
 
 
-async def test_each_retry_tries_the_next_url(kizuna: KizunaProcess) -> None:
+async def test_each_retry_tries_the_next_url(shared_kizuna: KizunaProcess) -> None:
     dead = ws_url(free_port())
     log = StateLog()
-    async with Client([dead, kizuna.ws_url], token=token(), backoff=FAST_BACKOFF, on_state=log):
+    async with Client(
+        [dead, shared_kizuna.ws_url], token=token(), backoff=FAST_BACKOFF, on_state=log
+    ):
         urls = [c.url for c in log.of(CONNECTING)]
-        assert urls == [dead, kizuna.ws_url]
-        assert log.of(CONNECTED)[0].url == kizuna.ws_url
+        assert urls == [dead, shared_kizuna.ws_url]
+        assert log.of(CONNECTED)[0].url == shared_kizuna.ws_url
