@@ -24,6 +24,10 @@ Life of a client
 
 4. :meth:`Client.close` ends everything; subscriptions' iterators finish.
 
+One connection's state (commands in flight, how it closed) lives in
+``session.py``; where tokens come from, and the rule that a refused token is
+never sent again, in ``tokens.py``.
+
 Order is the invariant that makes recovery exact: the reader handles each
 frame's messages in wire order and synchronously — a subscribe reply carrying
 recovered publications is applied to its subscription before the live
@@ -38,13 +42,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
 
 from kizuna.client import frames
 from kizuna.client.backoff import Backoff
@@ -65,7 +66,17 @@ from kizuna.client.events import (
     StateChange,
     Unsubscribed,
 )
+from kizuna.client.session import (
+    CLOSE_ABNORMAL,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    NotSent,
+    Outcome,
+    Session,
+    ignore,
+)
 from kizuna.client.subscription import Handler, Subscription, SubscriptionState
+from kizuna.client.tokens import TokenCallback, TokenRefused, TokenSource
 from kizuna.protocol.codes import DisconnectCode, ErrorCode, reconnect_allowed
 from kizuna.protocol.messages import ClientInfo, StreamPosition
 
@@ -73,17 +84,9 @@ __all__ = ["Client", "TokenCallback"]
 
 log = logging.getLogger("kizuna.client")
 
-TokenCallback = Callable[[], Awaitable[str | None]]
-"""Returns a fresh token; None (or "") means "no longer authorised": the client stops."""
-
 StateCallback = Callable[[StateChange], None]
 
 _T = TypeVar("_T")
-
-# WebSocket close codes (RFC 6455 §7.4.1) for what the client itself observed.
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_ABNORMAL = 1006
 
 # Error replies after which a subscribe is tried again on the same connection.
 _TRANSIENT_ERRORS = frozenset(
@@ -94,48 +97,6 @@ _AUTH_ERRORS: dict[int, DisconnectCode] = {
     ErrorCode.UNAUTHORIZED: DisconnectCode.UNAUTHORIZED,
     ErrorCode.TOKEN_EXPIRED: DisconnectCode.TOKEN_EXPIRED,
 }
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """How one session ended."""
-
-    code: int
-    reason: str
-    reconnect: bool = True
-    error: BaseException | None = None
-    auth_failed: bool = False
-    stable: bool = False
-
-
-class _Pending:
-    """A command awaiting its reply. ``on_result`` runs in the reader, in wire order."""
-
-    __slots__ = ("future", "on_error", "on_result")
-
-    def __init__(
-        self,
-        future: asyncio.Future[Any],
-        on_result: Callable[[frames.Obj], Any],
-        on_error: Callable[[frames.ErrorReply], None] | None = None,
-    ) -> None:
-        self.future = future
-        self.on_result = on_result
-        self.on_error = on_error
-
-
-class _Session:
-    """One WebSocket connection's state; thrown away when it closes."""
-
-    __slots__ = ("client_id", "connected_at", "local_close", "pending", "ws")
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.pending: dict[int, _Pending] = {}
-        self.local_close: _Outcome | None = None
-        """Set when the client (or a disconnect push) decided how this session ends."""
-        self.client_id: str | None = None
-        self.connected_at = 0.0
 
 
 class Client:
@@ -187,20 +148,17 @@ class Client:
         self.refresh_ratio = refresh_ratio
         self.state = ConnectionState.DISCONNECTED
         self.client_id: str | None = None
-        self._token = token
-        self._rejected: str | None = None
-        self._get_token = get_token
+        self._tokens = TokenSource(token, get_token)
         self._on_state = on_state
         self._rng = rng
         self._subs: dict[str, Subscription] = {}
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
         self._stopped: Disconnected | None = None
         self._closing = False
-        self._next_id = 0
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -229,14 +187,14 @@ class Client:
         self._wake.set()
         session = self._session
         if session is not None:
-            session.local_close = _Outcome(CLOSE_NORMAL, "client closed", reconnect=False)
+            session.local_close = Outcome(CLOSE_NORMAL, "client closed", reconnect=False)
             await session.ws.close(CLOSE_NORMAL, "client closed")
         elif self._run_task is not None:
             self._run_task.cancel()  # opening a socket, fetching a token or waiting to retry
         if self._run_task is not None:
             await asyncio.wait([self._run_task])
         else:
-            self._stop(_Outcome(CLOSE_NORMAL, "client closed", reconnect=False))
+            self._stop(Outcome(CLOSE_NORMAL, "client closed", reconnect=False))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -310,7 +268,8 @@ class Client:
         session = self._session
         if was_subscribed and session is not None and self._connected.is_set():
             with contextlib.suppress(ServerRejected, ConnectionLost, TimeoutError):
-                await self._request(session, "unsubscribe", {"channel": channel}, _ignore)
+                async with asyncio.timeout(self.timeout):
+                    await session.request("unsubscribe", {"channel": channel}, ignore)
 
     def subscription(self, channel: str) -> Subscription | None:
         return self._subs.get(channel)
@@ -359,7 +318,7 @@ class Client:
     async def ping(self) -> float:
         """Round-trip time of a ping command, in seconds."""
         started = time.perf_counter()
-        await self._call("ping", {}, _ignore)
+        await self._call("ping", {}, ignore)
         return time.perf_counter() - started
 
     async def _call(
@@ -372,8 +331,8 @@ class Client:
                 session = self._session
                 if self._connected.is_set() and session is not None:
                     try:
-                        result: _T = await self._request(session, method, params, parse)
-                    except _NotSent:
+                        result: _T = await session.request(method, params, parse)
+                    except NotSent:
                         self._connected.clear()
                         continue  # wait for the next connection
                     return result
@@ -393,7 +352,7 @@ class Client:
         failures = 0
         auth_failures = 0
         index = 0
-        outcome = _Outcome(CLOSE_ABNORMAL, "not connected")
+        outcome = Outcome(CLOSE_ABNORMAL, "not connected")
         try:
             while not self._closing:
                 url = self.urls[index % len(self.urls)]
@@ -432,10 +391,10 @@ class Client:
                         await self._wake.wait()
         finally:
             if self._closing:
-                outcome = _Outcome(CLOSE_NORMAL, "client closed", reconnect=False)
+                outcome = Outcome(CLOSE_NORMAL, "client closed", reconnect=False)
             self._stop(outcome)
 
-    def _stop(self, outcome: _Outcome) -> None:
+    def _stop(self, outcome: Outcome) -> None:
         stopped = Disconnected(outcome.code, outcome.reason)
         self._stopped = stopped
         self._connected.clear()
@@ -454,15 +413,15 @@ class Client:
             self._first.set_exception(stopped)
             self._first.exception()  # retrieved: connect() may not be waiting
 
-    async def _attempt(self, url: str) -> _Outcome:
+    async def _attempt(self, url: str) -> Outcome:
         """One session, from opening the socket to its end. Never raises (but CancelledError)."""
         try:
-            token = await self._token_for_connect()
-        except _TokenRefused as exc:
-            return _Outcome(int(DisconnectCode.UNAUTHORIZED), str(exc), reconnect=False)
+            token = await self._tokens.for_connect()
+        except TokenRefused as exc:
+            return Outcome(int(DisconnectCode.UNAUTHORIZED), str(exc), reconnect=False)
         except Exception as exc:
             reason = f"token callback failed: {exc!r}"
-            return _Outcome(int(DisconnectCode.TOKEN_EXPIRED), reason, error=exc)
+            return Outcome(int(DisconnectCode.TOKEN_EXPIRED), reason, error=exc)
         try:
             ws = await ws_connect(
                 url,
@@ -478,12 +437,12 @@ class Client:
         except InvalidStatus as exc:
             return self._refused(exc, token)
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            return _Outcome(CLOSE_ABNORMAL, f"cannot connect to {url}: {exc}", error=exc)
-        session = _Session(ws)
+            return Outcome(CLOSE_ABNORMAL, f"cannot connect to {url}: {exc}", error=exc)
+        session = Session(ws, url)
         self._session = session
         reader = asyncio.get_running_loop().create_task(self._read(session))
         try:
-            return await self._serve(session, reader, url)
+            return await self._serve(session, reader, token)
         finally:
             self._session = None
             self._connected.clear()
@@ -491,40 +450,35 @@ class Client:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            for pending in session.pending.values():
-                if not pending.future.done():
-                    pending.future.set_exception(ConnectionLost("the connection dropped"))
-                    pending.future.exception()
+            session.fail_pending()
             for sub in self._subs.values():
                 sub.on_connection_lost()
 
-    async def _serve(self, session: _Session, reader: asyncio.Task[None], url: str) -> _Outcome:
+    async def _serve(
+        self, session: Session, reader: asyncio.Task[None], token: str | None
+    ) -> Outcome:
         """Steps 2 and 3 of the module docstring, on an open socket."""
         params: dict[str, Any] = {}
-        token = self._token
         if token:
             params["token"] = token
         if self.name:
             params["name"] = self.name
         try:
             async with asyncio.timeout(self.timeout):
-                result = await self._request(
-                    session, "connect", params, frames.parse_connect_result
-                )
+                result = await session.request("connect", params, frames.parse_connect_result)
         except ServerRejected as exc:
             code = _AUTH_ERRORS.get(exc.code)
             if code is not None:
                 session.local_close = self._auth_failed(int(code), f"connect: {exc}", token)
             else:
-                session.local_close = _Outcome(
-                    int(DisconnectCode.SERVER_ERROR), f"connect: {exc}", error=exc
-                )
+                reason = f"connect: {exc}"
+                session.local_close = Outcome(int(DisconnectCode.SERVER_ERROR), reason, error=exc)
             await session.ws.close(CLOSE_NORMAL, "connect rejected")
             return await self._session_end(session, reader)
         except TimeoutError as exc:
             if session.local_close is None:
                 reason = f"no answer to connect within {self.timeout} s"
-                session.local_close = _Outcome(CLOSE_ABNORMAL, reason, error=exc)
+                session.local_close = Outcome(CLOSE_ABNORMAL, reason, error=exc)
             await session.ws.close(CLOSE_NORMAL, "connect timed out")
             return await self._session_end(session, reader)
         except (ConnectionLost, MalformedFrame):  # the reader has the reason
@@ -533,17 +487,17 @@ class Client:
         loop = asyncio.get_running_loop()
         session.client_id = self.client_id = result.client
         session.connected_at = loop.time()
-        self._set_state(ConnectionState.CONNECTED, url=url, client_id=result.client)
+        self._set_state(ConnectionState.CONNECTED, url=session.url, client_id=result.client)
         if self._first is not None and not self._first.done():
             self._first.set_result(None)
         refresher = None
-        if result.ttl is not None and self._get_token is not None:
+        if result.ttl is not None and self._tokens.can_refresh:
             refresher = loop.create_task(self._refresh_loop(session, result.ttl))
         try:
             for sub in list(self._subs.values()):
                 if sub.state is SubscriptionState.SUBSCRIBING:
                     await self._send_subscribe(session, sub)
-            if session.ws.state is State.OPEN:
+            if session.is_open:
                 self._connected.set()
             outcome = await self._session_end(session, reader)
         finally:
@@ -552,46 +506,27 @@ class Client:
         outcome.stable = loop.time() - session.connected_at >= self.stable_after
         return outcome
 
-    async def _session_end(self, session: _Session, reader: asyncio.Task[None]) -> _Outcome:
+    async def _session_end(self, session: Session, reader: asyncio.Task[None]) -> Outcome:
         """Wait for the reader to finish, then say how the session ended."""
         await asyncio.wait([reader])
         if session.local_close is not None:
             return session.local_close
-        protocol = session.ws.protocol
-        rcvd, sent = protocol.close_rcvd, protocol.close_sent
-        if rcvd is not None:
-            code, reason = rcvd.code, rcvd.reason or f"closed by the server ({rcvd.code})"
-        elif sent is not None and sent.code != CLOSE_NORMAL:
-            code, reason = sent.code, sent.reason  # e.g. 1011 keepalive ping timeout
-        else:
-            code, reason = CLOSE_ABNORMAL, "connection lost"
+        code, reason = session.close_code()
         return self._classify(code, reason, reconnect=True)
 
-    def _classify(self, code: int, reason: str, *, reconnect: bool) -> _Outcome:
+    def _classify(self, code: int, reason: str, *, reconnect: bool) -> Outcome:
         """The decision for a server close code (or a disconnect push)."""
         if code in (DisconnectCode.UNAUTHORIZED, DisconnectCode.TOKEN_EXPIRED):
-            return self._auth_failed(code, reason, self._token)
-        return _Outcome(code, reason, reconnect=reconnect and reconnect_allowed(code))
+            return self._auth_failed(code, reason, self._tokens.current)
+        return Outcome(code, reason, reconnect=reconnect and reconnect_allowed(code))
 
-    def _auth_failed(self, code: int, reason: str, token: str | None) -> _Outcome:
+    def _auth_failed(self, code: int, reason: str, token: str | None) -> Outcome:
         """The token was refused: with a callback, get another and retry; without, stop."""
-        if self._get_token is None:
-            return _Outcome(code, reason, reconnect=False)
-        self._rejected = token
-        self._token = None
-        return _Outcome(code, reason, auth_failed=True)
+        if not self._tokens.refused(token):
+            return Outcome(code, reason, reconnect=False)
+        return Outcome(code, reason, auth_failed=True)
 
-    async def _token_for_connect(self) -> str | None:
-        if self._token is None and self._get_token is not None:
-            token = await self._get_token()
-            if not token:
-                raise _TokenRefused("the token callback returned no token")
-            if token == self._rejected:
-                raise _TokenRefused("the token callback returned the token just refused")
-            self._token = token
-        return self._token
-
-    def _refused(self, exc: InvalidStatus, token: str | None) -> _Outcome:
+    def _refused(self, exc: InvalidStatus, token: str | None) -> Outcome:
         """The server answered the handshake with an HTTP error instead of 101."""
         response = exc.response
         detail = response.body.decode("utf-8", "replace")[:200] if response.body else ""
@@ -599,26 +534,25 @@ class Client:
         if response.status_code == 401:
             return self._auth_failed(int(DisconnectCode.UNAUTHORIZED), reason, token)
         if response.status_code == 403:
-            return _Outcome(int(DisconnectCode.FORBIDDEN), reason, reconnect=False, error=exc)
-        return _Outcome(CLOSE_ABNORMAL, reason, error=exc)
+            return Outcome(int(DisconnectCode.FORBIDDEN), reason, reconnect=False, error=exc)
+        return Outcome(CLOSE_ABNORMAL, reason, error=exc)
 
-    async def _refresh_loop(self, session: _Session, ttl: int) -> None:
+    async def _refresh_loop(self, session: Session, ttl: int) -> None:
         """Refresh the token before it expires, so the connection never has to drop."""
-        assert self._get_token is not None
         failures = 0
         wait = ttl * self.refresh_ratio
         while True:
             await asyncio.sleep(wait)
             try:
-                token = await self._get_token()
-                if not token or token == self._token:
+                token = await self._tokens.fresh()
+                if token is None:
                     # Nothing new to offer: let it expire; the server closes with 3006 and
                     # the reconnect asks the callback again (and stops if it has nothing).
                     log.warning("the token callback had no new token; the connection will expire")
                     return
                 async with asyncio.timeout(self.timeout):
-                    new_ttl = await self._request(
-                        session, "refresh", {"token": token}, frames.parse_refresh_result
+                    new_ttl = await session.request(
+                        "refresh", {"token": token}, frames.parse_refresh_result
                     )
             except ConnectionLost:
                 return
@@ -627,7 +561,7 @@ class Client:
                 wait = self.backoff.delay(failures, self._rng)
                 failures += 1
                 continue
-            self._token = token
+            self._tokens.accepted(token)
             if new_ttl is None:
                 return
             failures = 0
@@ -635,7 +569,7 @@ class Client:
 
     # --- reading -----------------------------------------------------------------------
 
-    async def _read(self, session: _Session) -> None:
+    async def _read(self, session: Session) -> None:
         ws = session.ws
         try:
             async for frame in ws:
@@ -644,7 +578,7 @@ class Client:
                 except MalformedFrame as exc:
                     log.warning("malformed frame from the server: %s", exc)
                     reason = f"malformed frame from the server: {exc}"
-                    session.local_close = _Outcome(CLOSE_PROTOCOL_ERROR, reason, error=exc)
+                    session.local_close = Outcome(CLOSE_PROTOCOL_ERROR, reason, error=exc)
                     await ws.close(CLOSE_PROTOCOL_ERROR, "malformed frame")
                     return
                 if session.local_close is not None:  # a disconnect push
@@ -654,35 +588,13 @@ class Client:
             return
         finally:
             self._connected.clear()  # before anyone else sends on this dead socket
-            for pending in session.pending.values():
-                if not pending.future.done():
-                    pending.future.set_exception(ConnectionLost("the connection dropped"))
-                    pending.future.exception()
-            session.pending.clear()
+            session.fail_pending()
 
-    def _handle_frame(self, session: _Session, frame: str | bytes) -> None:
+    def _handle_frame(self, session: Session, frame: str | bytes) -> None:
         """Apply one frame's messages in order; raises MalformedFrame before applying any."""
         for message in frames.decode_server_frame(frame):
-            if isinstance(message, frames.Reply):
-                pending = session.pending.pop(message.id, None)
-                if pending is not None:
-                    try:
-                        value = pending.on_result(message.result)
-                    except MalformedFrame as exc:
-                        if not pending.future.done():  # the caller learns why, at once
-                            pending.future.set_exception(exc)
-                            pending.future.exception()
-                        raise
-                    if not pending.future.done():
-                        pending.future.set_result(value)
-            elif isinstance(message, frames.ErrorReply):
-                pending = session.pending.pop(message.id, None)
-                if pending is not None:
-                    if pending.on_error is not None:
-                        pending.on_error(message)
-                    if not pending.future.done():
-                        pending.future.set_exception(ServerRejected(message.code, message.message))
-                        pending.future.exception()  # retrieved: pipelined commands are not awaited
+            if isinstance(message, frames.Reply | frames.ErrorReply):
+                session.settle(message)
             elif isinstance(message, Publication):
                 sub = self._subs.get(message.channel)
                 if (
@@ -705,43 +617,9 @@ class Client:
                 )
                 return
 
-    # --- writing -----------------------------------------------------------------------
+    # --- subscribing -------------------------------------------------------------------
 
-    async def _send(
-        self,
-        session: _Session,
-        method: str,
-        params: Mapping[str, Any],
-        on_result: Callable[[frames.Obj], Any],
-        on_error: Callable[[frames.ErrorReply], None] | None = None,
-    ) -> asyncio.Future[Any]:
-        """Send one command; the returned future resolves with ``on_result``'s value."""
-        self._next_id += 1
-        cid = self._next_id
-        text = frames.encode_command(cid, method, params)
-        if session.ws.state is not State.OPEN:
-            raise _NotSent
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        session.pending[cid] = _Pending(future, on_result, on_error)
-        try:
-            await session.ws.send(text)
-        except ConnectionClosed as exc:
-            session.pending.pop(cid, None)
-            raise ConnectionLost("the connection dropped") from exc
-        return future
-
-    async def _request(
-        self,
-        session: _Session,
-        method: str,
-        params: Mapping[str, Any],
-        parse: Callable[[frames.Obj], _T],
-    ) -> _T:
-        future = await self._send(session, method, params, parse)
-        value: _T = await future
-        return value
-
-    async def _send_subscribe(self, session: _Session, sub: Subscription) -> None:
+    async def _send_subscribe(self, session: Session, sub: Subscription) -> None:
         """Send subscribe for ``sub`` without waiting: the reply is applied by the reader."""
         if sub.sent_in is session:
             return
@@ -769,22 +647,22 @@ class Client:
                 sub.on_rejected(rejected)
 
         with contextlib.suppress(ConnectionLost):
-            await self._send(session, "subscribe", sub.subscribe_params(), on_result, on_error)
+            await session.send("subscribe", sub.subscribe_params(), on_result, on_error)
 
-    def _resync(self, session: _Session, sub: Subscription) -> None:
+    def _resync(self, session: Session, sub: Subscription) -> None:
         """A hole in ``sub``'s stream: subscribe again from its position (recover, or gap)."""
         log.info("hole in %r after %s: subscribing again to recover", sub.channel, sub.position)
         sub.on_connection_lost()  # back to SUBSCRIBING: pushes are ignored until the reply
 
         async def again() -> None:
             with contextlib.suppress(ConnectionLost):
-                await self._send(session, "unsubscribe", {"channel": sub.channel}, _ignore)
+                await session.send("unsubscribe", {"channel": sub.channel}, ignore)
             if self._session is session and self._subs.get(sub.channel) is sub:
                 await self._send_subscribe(session, sub)
 
         self._spawn(again())
 
-    async def _resubscribe_later(self, session: _Session, sub: Subscription, delay: float) -> None:
+    async def _resubscribe_later(self, session: Session, sub: Subscription, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._session is session and self._subs.get(sub.channel) is sub:
             await self._send_subscribe(session, sub)
@@ -805,15 +683,3 @@ class Client:
                 self._on_state(change)
             except Exception:
                 log.exception("on_state callback failed")
-
-
-class _NotSent(ConnectionLost):
-    """The connection was already closing: the command never left, so it is safe to retry."""
-
-
-class _TokenRefused(Exception):
-    """The token callback declined to give a usable token: stop for good."""
-
-
-def _ignore(result: frames.Obj) -> None:
-    return None
