@@ -48,6 +48,8 @@ from kizuna.transports.websocket import WebSocketEndpoint
 __all__ = ["Server", "build_server", "dev_secret"]
 
 WEBSOCKET_PATH = "/connection/websocket"
+TRANSPORTS = ("websocket", "sse", "longpoll", "http", "socketio", "grpc")
+"""The metrics' transport label values."""
 
 
 def dev_secret() -> str:
@@ -93,6 +95,7 @@ class Server:
         )
         self.broker_up = 0.0
         self.metrics.watch(self._scrape_gauges)
+        self.metrics.prepare(list(TRANSPORTS), list(config.namespaces))
         self.handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
         self.websocket = WebSocketEndpoint(self.node, self.handshake)
         self.http = self._build_http()

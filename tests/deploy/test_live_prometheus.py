@@ -101,3 +101,69 @@ def test_a_bad_query_is_refused(prometheus: PrometheusProcess) -> None:
     """query() is able to fail: the checks above mean something."""
     with pytest.raises(AssertionError, match="bad_data"):
         prometheus.query("sum by (le (websocket_errors_total)")
+
+
+def test_core_panels_return_data_under_load(
+    node: KizunaProcess, prometheus: PrometheusProcess
+) -> None:
+    """A short load — connections, subscriptions, publications — and the guide's
+    panels (and delivery latency) show it, through the dashboard's own queries."""
+    import asyncio
+
+    import orjson
+    from websockets.asyncio.client import connect
+
+    from kizuna.core.auth import mint_token
+    from tests.support.processes import JWT_SECRET
+
+    async def load() -> None:
+        sockets = []
+        for i in range(5):
+            ws = await connect(node.ws_url)
+            token = mint_token(JWT_SECRET, f"load-{i}")
+            await ws.send(orjson.dumps({"id": 1, "method": "connect", "params": {"token": token}}))
+            await ws.recv()
+            sub = {"channel": "chat:load"}
+            await ws.send(orjson.dumps({"id": 2, "method": "subscribe", "params": sub}))
+            await ws.recv()
+            sockets.append(ws)
+        # Read everything, as a client does: an unread socket would stall the closes.
+        readers = [asyncio.create_task(_drain(ws)) for ws in sockets]
+        for n in range(40):
+            pub = {"channel": "chat:load", "data": n}
+            await sockets[n % 5].send(
+                orjson.dumps({"id": 10 + n, "method": "publish", "params": pub})
+            )
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3)  # a few scrapes while the connections are open
+        for ws in sockets:
+            await ws.close()
+        await asyncio.gather(*readers)
+
+    queries = {
+        title: expr.replace("$__rate_interval", "1m").replace('instance=~"$instance"', "")
+        for title, expr in dashboard_expressions()
+    }
+    asyncio.run(load())
+
+    def nonzero(title: str) -> float | None:
+        result = prometheus.query(queries[title])["result"]
+        values = [float(r["value"][1]) for r in result]
+        return max(values) if values and max(values) > 0 else None
+
+    assert wait_for(lambda: nonzero("Connection Rate/A"), "no connection rate")
+    assert wait_for(lambda: nonzero("Message Latency (p50/p95/p99)/C"), "no p99")
+    assert wait_for(lambda: nonzero("Publications and deliveries/B"), "no deliveries")
+    assert wait_for(lambda: nonzero("Delivery latency (publish to fan-out)/C"), "no latency")
+    peak = prometheus.query(f"max_over_time(({queries['Active Connections/A']})[5m:1s])")
+    assert float(peak["result"][0]["value"][1]) >= 5
+
+
+async def _drain(ws: Any) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed:
+        return

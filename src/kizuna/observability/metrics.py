@@ -172,6 +172,31 @@ class Metrics:
         self._writes: dict[str, tuple[Any, Any, Any]] = {}
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
 
+    def prepare(self, transports: list[str], namespaces: list[str]) -> None:
+        """Export every known label set at 0 from the start.
+
+        A counter series that appears already at 1 hides its first increase
+        from ``rate()`` and ``increase()``; series that exist from the first
+        scrape make rates and alerts right from the first event.
+        """
+        for transport in transports:
+            for status in ("accepted", "rejected"):
+                self.connections.labels(transport, status)
+            self.messages_sent.labels(transport)
+            self.frames_sent.labels(transport)
+            self.bytes_sent.labels(transport)
+            self.slow_clients.labels(transport)
+            self.dropped.labels(transport)
+        for namespace in namespaces:
+            self.deliveries.labels(namespace)
+            self.publications.labels(namespace)
+            self.delivery_latency.labels(namespace)
+        for result in ("recovered", "not_recovered"):
+            self.recoveries.labels(result)
+        for operation in ("publish", "subscribe", "history"):
+            self.broker_operations.labels(operation)
+            self.broker_errors.labels(operation)
+
     def watch(self, read: Callable[[], dict[str, float]]) -> None:
         """Export scrape-time gauges read from ``read``."""
         self.registry.register(_Gauges(read))
