@@ -1,4 +1,4 @@
-"""The ``kizuna`` command: serve, token, check-config.
+"""The ``kizuna`` command: serve, token, check-config, and the client tools sub and pub.
 
 ``kizuna serve`` takes one flag per Config field (``--port`` ↔ ``KIZUNA_PORT``
 ↔ ``port`` in TOML); flags are generated from the Config dataclass, so the
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a TOML file, reporting every problem")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+
+    from kizuna.client.cli import add_client_commands
+
+    add_client_commands(sub)  # sub and pub: operators' tools, built on the Python client
     return parser
 
 

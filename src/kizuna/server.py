@@ -42,12 +42,14 @@ from kizuna.transports.http_api import api_routes, json_response
 from kizuna.transports.http_guard import guarded_http_protocol
 from kizuna.transports.http_publish import publish_route
 from kizuna.transports.longpoll import longpoll_route
+from kizuna.transports.socketio import socketio_app
 from kizuna.transports.sse import SSEEndpoint
 from kizuna.transports.websocket import WebSocketEndpoint
 
 __all__ = ["Server", "build_server", "dev_secret"]
 
 WEBSOCKET_PATH = "/connection/websocket"
+SOCKETIO_PREFIX = "/socket.io/"
 TRANSPORTS = ("websocket", "sse", "longpoll", "http", "socketio", "grpc")
 """The metrics' transport label values."""
 
@@ -98,6 +100,7 @@ class Server:
         self.metrics.prepare(list(TRANSPORTS), list(config.namespaces))
         self.handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
         self.websocket = WebSocketEndpoint(self.node, self.handshake)
+        self.socketio = socketio_app(self.node, self.handshake)
         self.http = self._build_http()
 
     def _scrape_gauges(self) -> dict[str, float]:
@@ -140,6 +143,7 @@ class Server:
 
                 await stop_grpc_server(grpc_server, grace=1.0)
             await self.node.shutdown()
+            await self.socketio.engineio_server.shutdown()  # its client monitor task
             if self.tracer is not None:
                 self.tracer.shutdown()
 
@@ -156,8 +160,12 @@ class Server:
         return await start_grpc_server(self.node, self.config)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
+        kind = scope["type"]
+        if kind == "websocket" and scope["path"] == WEBSOCKET_PATH:
             await self.websocket(scope, receive, send)
+        elif kind != "lifespan" and scope["path"].startswith(SOCKETIO_PREFIX):
+            # python-engineio matches on the full path, so it is not mounted under Starlette.
+            await self.socketio(scope, receive, send)
         else:
             await self.http(scope, receive, send)
 

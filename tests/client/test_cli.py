@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 
 from kizuna.client.cli import add_client_commands, run_pub, run_sub
 from tests.client.support import TIMEOUT, token
-from tests.support.processes import KizunaProcess
+from tests.support.processes import KizunaProcess, kizuna_command
 
 
 async def cli(
@@ -19,9 +18,7 @@ async def cli(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KIZUNA_")}
     full_env.update(env)
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kizuna.client.cli",
+        *kizuna_command(),  # the installed `kizuna` script, as an operator runs it
         *args,
         env=full_env,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,

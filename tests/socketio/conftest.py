@@ -1,16 +1,11 @@
 """Fixtures of the Socket.IO tests: real servers, real socket.io-client processes.
 
-Servers are real ``kizuna serve`` processes with the Socket.IO app mounted.
-Until server.py mounts it, :func:`serve_socketio` starts them through
-``tests/socketio/launcher.py`` (``kizuna serve`` with ``/socket.io/`` routed to
-the app); once it does, the two lines marked below go and the same fixture
-runs the plain ``kizuna`` script.
+Servers are real ``kizuna serve`` processes, which serve Socket.IO at ``/socket.io/``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -20,7 +15,6 @@ import httpx
 import pytest
 
 from tests.socketio.clients import TIMEOUT, NativeClient, SioDriver
-from tests.support import processes
 from tests.support.processes import KizunaProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,19 +24,11 @@ ALLOWED_ORIGIN = "http://allowed.example"
 @contextlib.contextmanager
 def serve_socketio(*args: str, port: int | None = None) -> Iterator[KizunaProcess]:
     """A running server with Socket.IO at /socket.io/, stopped (and its log closed) after."""
-    process = KizunaProcess(args=list(args), env={"PYTHONPATH": str(ROOT)})
+    process = KizunaProcess(args=list(args))
     if port is not None:
         process.port = port
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            # Until server.py mounts the Socket.IO app: run the launcher instead of `kizuna`.
-            patch.setattr(
-                processes,
-                "_kizuna_command",
-                lambda: [sys.executable, "-m", "tests.socketio.launcher"],
-            )
-            process.start()
-        yield process
+        yield process.start()
     finally:
         process.stop()
         log = process._log

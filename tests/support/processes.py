@@ -53,7 +53,7 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def _kizuna_command() -> list[str]:
+def kizuna_command() -> list[str]:
     script = Path(sys.executable).with_name("kizuna")
     if script.exists():
         return [str(script)]
@@ -95,7 +95,7 @@ class KizunaProcess:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             [
-                *_kizuna_command(),
+                *kizuna_command(),
                 "serve",
                 "--host",
                 "127.0.0.1",
