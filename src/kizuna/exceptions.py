@@ -11,8 +11,11 @@ never need to know which library sits behind a port::
     ├── AuthError              a token is missing, invalid, expired or forbids the action
     ├── BrokerError            the broker failed (Redis down, script error, ...)
     │   └── BrokerUnavailable  the broker cannot be reached right now; retry later
-    └── ClientError            raised by the Python client SDK
-        └── ServerRejected     the server answered a command with an error reply
+    └── ClientError            raised by the Python client SDK (kizuna.client)
+        ├── ServerRejected     the server answered a command with an error reply
+        ├── MalformedFrame     the server sent something the protocol forbids
+        ├── ConnectionLost     the connection dropped; the client reconnects by itself
+        └── Disconnected       the connection ended for good (a 4xxx code, or closed)
 
 Errors a *client* sees are numbered codes (``kizuna.protocol.codes``); the
 exception carries the code so transports answer with it unchanged.

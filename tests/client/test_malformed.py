@@ -232,3 +232,47 @@ async def test_a_hole_in_the_live_stream_is_recovered_by_subscribing_again() -> 
     assert isinstance(again, Subscribed) and again.recovered and again.missed == 4
     assert [c["method"] for c in sent] == ["subscribe", "unsubscribe", "subscribe"]
     assert sent[2]["params"] == {"channel": "chat:hole", "since": {"offset": 2, "epoch": "e"}}
+
+
+async def test_a_draining_servers_delay_advice_replaces_the_backoff() -> None:
+    """A node that drains advises when to come back; the client waits exactly that."""
+    advice = (
+        '{"push": "disconnect", "code": 3001, "reason": "shutdown", "reconnect": true,'
+        ' "delay_ms": 1234}'
+    )
+
+    async def script(conn: ServerConnection, n: int) -> None:
+        if n > 1:
+            await behave(conn)
+            return
+        await answer_connect(conn)
+        await conn.send(advice)
+        await conn.wait_closed()
+
+    log = StateLog()
+    async with (
+        FakeServer(script) as server,
+        Client(server.url, backoff=FAST_BACKOFF, on_state=log) as client,
+    ):
+        dropped = await log.wait_for(lambda c: c.state is DISCONNECTED)
+        assert (dropped.code, dropped.reconnect, dropped.delay) == (3001, True, 1.234)
+        started = asyncio.get_running_loop().time()
+        await log.wait_state(CONNECTED, after=len(log.changes) - 1)
+        assert asyncio.get_running_loop().time() - started >= 1.1
+        assert await client.ping() >= 0
+
+
+async def test_a_bad_delay_advice_is_a_malformed_frame() -> None:
+    bad = '{"push": "disconnect", "code": 3001, "reason": "x", "reconnect": true, "delay_ms": -5}'
+
+    async def script(conn: ServerConnection, n: int) -> None:
+        await answer_connect(conn)
+        if n == 1:
+            await conn.send(bad)
+        await conn.wait_closed()
+
+    log = StateLog()
+    async with FakeServer(script) as server, Client(server.url, backoff=FAST_BACKOFF, on_state=log):
+        dropped = await log.wait_for(lambda c: c.state is DISCONNECTED)
+        assert dropped.code == 1002
+        assert "delay_ms" in dropped.reason

@@ -372,8 +372,14 @@ class Client:
                     outcome.reconnect = False
                     outcome.reason = f"{outcome.reason} (gave up after {failures + 1} attempts)"
                     break
-                # The first retry with a fresh token needs no wait; after that, back off.
-                delay = 0.0 if auth_failures == 1 else self.backoff.delay(failures, self._rng)
+                # The first retry with a fresh token needs no wait; after that, back off —
+                # unless the server advised a delay (a draining node spreads its clients).
+                if outcome.delay is not None:
+                    delay = outcome.delay
+                elif auth_failures == 1:
+                    delay = 0.0
+                else:
+                    delay = self.backoff.delay(failures, self._rng)
                 failures += 1
                 if self.client_id is None or not outcome.stable:
                     index += 1  # the node failed us: try the next one
@@ -612,9 +618,9 @@ class Client:
                 if sub is not None:
                     sub.end(None, message)
             else:  # DisconnectPush
-                session.local_close = self._classify(
-                    message.code, message.reason, reconnect=message.reconnect
-                )
+                outcome = self._classify(message.code, message.reason, reconnect=message.reconnect)
+                outcome.delay = message.delay
+                session.local_close = outcome
                 return
 
     # --- subscribing -------------------------------------------------------------------

@@ -79,11 +79,16 @@ class ErrorReply:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectPush:
-    """The server ends the connection (sent on SSE and long-poll; WebSocket uses close codes)."""
+    """The server ends the connection: on SSE always, on WebSocket when a node drains.
+
+    ``delay`` (seconds, from ``delay_ms``) is the server's reconnect advice: a
+    draining node spreads its clients' returns over time.
+    """
 
     code: int
     reason: str
     reconnect: bool
+    delay: float | None = None
 
 
 ServerMessage: TypeAlias = (
@@ -169,8 +174,16 @@ def _decode_push(obj: Obj) -> ServerMessage | None:
             _channel(obj, where), _int(obj, "code", where), _str(obj, "reason", where)
         )
     if kind == "disconnect":
+        delay_ms = obj.get("delay_ms")
+        if delay_ms is not None and (
+            not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0
+        ):
+            raise MalformedFrame(f"{where}: delay_ms must be a non-negative integer")
         return DisconnectPush(
-            _int(obj, "code", where), _str(obj, "reason", where), _bool(obj, "reconnect", where)
+            _int(obj, "code", where),
+            _str(obj, "reason", where),
+            _bool(obj, "reconnect", where),
+            delay_ms / 1000 if delay_ms is not None else None,
         )
     if not isinstance(kind, str):
         raise MalformedFrame(f"push must be a string, got {kind!r}")

@@ -50,6 +50,8 @@ class Outcome:
     """A new token may fix it (the first retry then needs no wait)."""
     stable: bool = False
     """The connection had stayed up long enough to reset the backoff."""
+    delay: float | None = None
+    """The server's advice (a draining node): wait this long instead of the backoff."""
 
 
 class NotSent(ConnectionLost):

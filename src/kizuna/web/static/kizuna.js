@@ -173,8 +173,14 @@ function decodePush(obj) {
       return { type: kind, channel: channelOf(obj, where), info: info(obj.info, where) };
     case 'unsubscribe':
       return { type: 'unsubscribed', channel: channelOf(obj, where), code: int(obj, 'code', where), reason: str(obj, 'reason', where) };
-    case 'disconnect':
-      return { type: 'disconnect', code: int(obj, 'code', where), reason: str(obj, 'reason', where), reconnect: bool(obj, 'reconnect', where) };
+    case 'disconnect': {
+      // delay_ms: a draining node's reconnect advice, spreading its clients' returns.
+      const delayMs = obj.delay_ms;
+      if (delayMs !== undefined && !(Number.isInteger(delayMs) && delayMs >= 0)) {
+        throw new MalformedFrame(`${where}: delay_ms must be a non-negative integer`);
+      }
+      return { type: 'disconnect', code: int(obj, 'code', where), reason: str(obj, 'reason', where), reconnect: bool(obj, 'reconnect', where), delay: delayMs ?? null };
+    }
     default:
       if (typeof kind !== 'string') throw new MalformedFrame(`push must be a string, got ${JSON.stringify(kind)}`);
       return null; // a kind from a newer server: ignored on purpose
@@ -835,7 +841,8 @@ export class Client extends Emitter {
           outcome = { ...outcome, reconnect: false, reason: `${outcome.reason} (gave up after ${failures + 1} attempts)` };
           break;
         }
-        const delay = authFailures === 1 ? 0 : this.backoff.delay(failures, this._random);
+        // The server's advice (a draining node) replaces the backoff; a fresh token retries at once.
+        const delay = outcome.delay != null ? outcome.delay : authFailures === 1 ? 0 : this.backoff.delay(failures, this._random);
         failures += 1;
         index += 1;
         this._setState({ state: 'disconnected', code: outcome.code, reason: outcome.reason, reconnect: true, delay, error: outcome.error ?? null });
@@ -1086,7 +1093,7 @@ export class Client extends Emitter {
           break;
         }
         case 'disconnect':
-          session.localClose = this._classify(message.code, message.reason, message.reconnect);
+          session.localClose = { ...this._classify(message.code, message.reason, message.reconnect), delay: message.delay };
           return;
         default:
           break;
