@@ -442,8 +442,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 await client.flush()  # what was published before the refusal still arrives
             await self._abort(context, exc)
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
+            if reader is not None:
+                if not reader.done():
+                    reader.cancel()
+                # Collect its end (often the abort seen from the reading side), so that
+                # nothing is left as "exception never retrieved".
                 with contextlib.suppress(BaseException):
                     await reader
             if client is not None:
