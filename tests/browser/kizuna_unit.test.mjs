@@ -75,7 +75,7 @@ test('a coalesced frame decodes in order', () => {
     { type: 'join', channel: 'chat:a', info: { user: 'alice', client: 'c1' } },
     { type: 'unsubscribed', channel: 'chat:a', code: 2500, reason: 'gone' },
     { type: 'error', id: 4, code: 103, message: 'permission denied' },
-    { type: 'disconnect', code: 3001, reason: 'shutdown', reconnect: true },
+    { type: 'disconnect', code: 3001, reason: 'shutdown', reconnect: true, delay: null },
   ]);
 });
 
