@@ -435,9 +435,12 @@ class RawWebSocket:
 
     def send_text(self, text: str) -> None:
         """One masked text frame (RFC 6455 §5.3: client frames are masked)."""
-        payload = text.encode()
+        self.send_frame(0x81, text.encode())
+
+    def send_frame(self, first_byte: int, payload: bytes) -> None:
+        """Any frame: ``first_byte`` is FIN, RSV and the opcode (RFC 6455 §5.2), unchecked."""
         mask = b"\x01\x02\x03\x04"
-        header = bytearray([0x81])
+        header = bytearray([first_byte])
         if len(payload) < 126:
             header.append(0x80 | len(payload))
         else:

@@ -15,7 +15,7 @@ import time
 import httpx
 
 from kizuna.protocol.codes import DisconnectCode
-from tests.e2e.clients import token
+from tests.e2e.clients import RawWebSocket, token
 from tests.e2e.conftest import OpenPy, serve
 
 
@@ -99,3 +99,70 @@ async def test_connections_per_ip_refused_with_3009(open_py: OpenPy) -> None:
         closed = await third.expect_close()
         assert closed.code == DisconnectCode.CONNECTION_LIMIT
         assert await first.call("ping") == {}
+
+
+async def _frames_until_closed(raw: RawWebSocket) -> list[tuple[int, bytes]]:
+    frames, _ = await asyncio.to_thread(raw.read_until_eof, 5.0)
+    return frames
+
+
+def _close_code(frames: list[tuple[int, bytes]]) -> int | None:
+    closes = [payload for opcode, payload in frames if opcode == 0x8]
+    return int.from_bytes(closes[0][:2], "big") if closes and len(closes[0]) >= 2 else None
+
+
+async def test_invalid_utf8_and_fragmented_control_frames_are_refused(open_py: OpenPy) -> None:
+    with serve() as server:
+        bystander = await open_py(server.ws_url)
+        await bystander.connect(token("bystander"))
+        await bystander.call("subscribe", channel="chat:hostile")
+
+        bad_text = RawWebSocket(server.port)
+        bad_text.send_frame(0x81, b'{"id":1,"method":"ping","x":"\xff\xfe"}')  # not UTF-8
+        assert _close_code(await _frames_until_closed(bad_text)) == 1007  # RFC 6455 §7.4.1
+        bad_text.close()
+
+        fragmented_ping = RawWebSocket(server.port)
+        fragmented_ping.send_frame(0x09, b"part")  # a ping without FIN: forbidden (§5.5)
+        assert _close_code(await _frames_until_closed(fragmented_ping)) == 1002
+        fragmented_ping.close()
+
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                server.url + "/api/publish",
+                json={"channel": "chat:hostile", "data": "still here"},
+                headers={"Authorization": f"apikey {server.api_key}"},
+            )
+        assert r.status_code == 200
+        assert [m["data"] for m in await bystander.publications("chat:hostile")] == ["still here"]
+
+
+async def test_thousands_of_subscribe_cycles_leave_nothing_behind(open_py: OpenPy) -> None:
+    with serve("--max-message-size", "1000000") as server:
+        churner = await open_py(server.ws_url)
+        await churner.connect(token("churner"))
+        commands = []
+        for i in range(1500):  # 3000 commands, in frames of 300
+            channel = f"chat:cycle-{i % 50}"
+            commands.append(
+                f'{{"id":{2 * i + 2},"method":"subscribe","params":{{"channel":"{channel}"}}}}'
+            )
+            commands.append(
+                f'{{"id":{2 * i + 3},"method":"unsubscribe","params":{{"channel":"{channel}"}}}}'
+            )
+        probe_task = asyncio.create_task(_probe_latency(open_py, server.ws_url, rounds=30))
+        for start in range(0, len(commands), 300):
+            await churner.send_raw("\n".join(commands[start : start + 300]))
+        last = await churner.reply_to(3001, within=30)
+        assert "result" in last
+        worst = await probe_task
+        assert worst < 0.5, f"probe ping took {worst * 1000:.0f} ms during the churn"
+        errors = [m for m in churner.inbox if "error" in m]
+        assert errors == []
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                server.url + "/api/channels",
+                json={},
+                headers={"Authorization": f"apikey {server.api_key}"},
+            )
+        assert r.json()["result"]["channels"] == {}  # every subscription was released
