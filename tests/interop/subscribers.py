@@ -189,7 +189,8 @@ class SseSubscriber(Subscriber):
         self._events: AsyncIterator[tuple[str, str]] | None = None
 
     @classmethod
-    async def start(cls, name: str, base_url: str, user: str, channel: str) -> SseSubscriber:
+    async def start(cls, name: str, base_url: str, user: str | None, channel: str) -> SseSubscriber:
+        """``user`` None: an anonymous stream (no token)."""
         stack = contextlib.AsyncExitStack()
         sub = cls(name, channel, stack)
         try:
@@ -197,7 +198,9 @@ class SseSubscriber(Subscriber):
                 httpx.AsyncClient(timeout=TIMEOUT, trust_env=False)
             )
             url = f"{base_url}/connection/sse"
-            params = {"channels": channel, "token": token(user)}
+            params = {"channels": channel}
+            if user is not None:
+                params["token"] = token(user)
             response = await stack.enter_async_context(http.stream("GET", url, params=params))
             assert response.status_code == 200, await response.aread()
             sub._events = sse_events(response)
