@@ -56,7 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     server = Server(config)
     url = f"http://{config.host}:{config.port}"
-    print(f"kizuna {__version__} serving on {url} (broker {config.broker})", flush=True)
+    grpc = f", gRPC on {config.host}:{config.grpc_port}" if config.grpc_port else ""
+    print(f"kizuna {__version__} serving on {url}{grpc} (broker {config.broker})", flush=True)
     if dev:
         assert config.jwt_secret is not None
         token = mint_token(config.jwt_secret, "dev-user", ttl=24 * 3600)

@@ -183,9 +183,9 @@ async def test_node_eventsource_client_reads_and_sees_every_publication(
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
-    while True:  # wait until it is connected before publishing
+    while True:  # wait until it is subscribed (its own join) before publishing
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
-        if b'"connected"' in line:
+        if b'"join"' in line:
             break
     for i in range(5):
         await publish(http, "chat:node", {"n": i})

@@ -54,7 +54,7 @@ async def _publish(
     verdict = await check_handshake(node, settings, request.scope, TRANSPORT)
     if verdict.error is not None:
         return _error(verdict.error.code, verdict.error.message)
-    if verdict.credentials is None:
+    if verdict.credentials is None and not node.anonymous_allowed:
         return _error(ErrorCode.UNAUTHORIZED, "token required")
     body = await request.body()
     if len(body) > max_body:
@@ -75,7 +75,7 @@ async def _publish(
         position = await node.publish(
             channel,
             orjson.dumps(params["data"]),
-            info=ClientInfo(verdict.credentials.user, ""),
+            info=ClientInfo(verdict.credentials.user if verdict.credentials else "", ""),
             idempotency_key=key,
             options=options,
         )

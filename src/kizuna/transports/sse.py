@@ -61,6 +61,21 @@ _POSITION = "position"
 _GAP = "gap"
 
 
+def _escape_line_separators(frame: bytes) -> bytes:
+    """U+2028, U+2029 and U+0085 as JSON escapes.
+
+    JSON allows them raw inside strings, and SSE does not split on them, but
+    many line readers (Python's str.splitlines, httpx's aiter_lines) do, and
+    would cut an event's data in half. They can only occur inside JSON strings,
+    so escaping them changes no value.
+    """
+    return (
+        frame.replace(b"\xe2\x80\xa8", b"\\u2028")
+        .replace(b"\xe2\x80\xa9", b"\\u2029")
+        .replace(b"\xc2\x85", b"\\u0085")
+    )
+
+
 def _marker(kind: str, channel: str, position: StreamPosition) -> bytes:
     return orjson.dumps(
         {"push": kind, "channel": channel, "offset": position.offset, "epoch": position.epoch}
@@ -81,6 +96,8 @@ class SSETransport:
         self.positions: dict[str, StreamPosition] = {}
 
     async def write(self, frame: bytes) -> None:
+        if b"\xe2\x80\xa8" in frame or b"\xe2\x80\xa9" in frame or b"\xc2\x85" in frame:
+            frame = _escape_line_separators(frame)
         events = []
         for line in frame.split(b"\n"):
             message = orjson.loads(line)
