@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers")
     parser.add_argument("--rates", help="fan-out publish rates, comma-separated (msg/s)")
     parser.add_argument("--step-seconds", type=float)
+    parser.add_argument("--overload-rate", type=int, help="fan-out rate past the ladder (0: none)")
     parser.add_argument("--connections", type=int, help="idle connections")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
     parser.add_argument(
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["rates"] = [int(r) for r in args.rates.split(",")]
     if args.step_seconds:
         overrides["step_seconds"] = args.step_seconds
+    if args.overload_rate is not None:
+        overrides["overload_rate"] = args.overload_rate
     if args.connections:
         overrides["idle_connections"] = args.connections
     if args.rounds:

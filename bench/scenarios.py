@@ -7,7 +7,8 @@ fanout
     delivery latency's p99 is under the limit. A failing step is tried once more (the
     machine is shared: one noisy neighbour should not end the ladder); two failed rates
     in a row end it. The figures of merit are the highest passing rate, in deliveries per
-    second, and the highest rate delivered without loss whatever the latency.
+    second, and what a server does at one fixed rate past its limit (``overload_rate``):
+    deliver everything late, or lose messages or subscribers.
 
 idle
     N connections spread over C channels, every one subscribed and proven live by a
@@ -54,6 +55,10 @@ class Plan:
     stop_after: int = 2
     """The ladder stops after this many failed rates in a row."""
     rounds: int = 2
+    overload_rate: int = 200
+    """After the ladder, one step at this publish rate (msg/s; 0: none), the same for every
+    server and above where each one's ladder ends: does it still deliver everything?"""
+    overload_drain_seconds: float = 5.0
     """Fan-out ladders per server, interleaved across servers; the best round counts."""
     p99_limit_ms: float = 100.0
     content_bytes: int = 64
@@ -72,6 +77,7 @@ QUICK = Plan(
     retries=0,
     stop_after=3,
     rounds=1,
+    overload_rate=0,
     idle_connections=500,
     idle_channels=10,
 )
@@ -99,6 +105,8 @@ def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
             drainSeconds=plan.drain_seconds,
             retries=plan.retries,
             stopAfter=plan.stop_after,
+            overloadRate=plan.overload_rate,
+            overloadDrainSeconds=plan.overload_drain_seconds,
             p99LimitMs=plan.p99_limit_ms,
         )
     elif scenario == "idle":

@@ -428,6 +428,17 @@ async function fanout() {
     }
     if (gone || failedInARow >= (spec.stopAfter ?? 2)) break;
   }
+  // Past the limit: one step at a fixed rate above every server's ladder end, the same for
+  // all, with a longer drain. Does the server still deliver everything, late, or does it
+  // lose messages or subscribers?
+  let overload = null;
+  if (spec.overloadRate && subs.every((c) => c.ws.readyState === WebSocket.OPEN)) {
+    await backlogDrained();
+    const drain = spec.overloadDrainSeconds;
+    overload = await runStep(++stepId, spec.overloadRate, publisher, subs, drain);
+    overload.overload = true;
+    emit({ event: 'step', ...overload });
+  }
   const genCpu = Math.max(...results.map((r) => r.cpu.generator));
   emit({
     event: 'result',
@@ -437,6 +448,7 @@ async function fanout() {
     steps: results,
     best,
     noLoss,
+    overload,
     maxGeneratorCpu: genCpu,
     publisherAcks: publisher.acks,
     publisherErrors: publisher.errors,
@@ -457,7 +469,7 @@ async function backlogDrained() {
   }
 }
 
-async function runStep(stepId, rate, publisher, subs) {
+async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainSeconds) {
   const st = stepStats(stepId);
   const seconds = spec.stepSeconds;
   const total = Math.max(1, Math.round(rate * seconds));
@@ -478,7 +490,7 @@ async function runStep(stepId, rate, publisher, subs) {
   const cpu1 = cpuSnapshot();
   const publishSeconds = (performance.now() - start) / 1000;
   const expected = sent * live;
-  await until(() => st.received >= expected, (spec.drainSeconds ?? 3) * 1000);
+  await until(() => st.received >= expected, (drainSeconds ?? 3) * 1000);
   st.closed = true;
   const cpu2 = cpuSnapshot();
   const lost = Math.max(0, expected - st.received);
