@@ -107,7 +107,11 @@ class KizunaProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started server behind
+            raise
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> None:
