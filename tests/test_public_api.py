@@ -70,9 +70,10 @@ def test_bare_install_needs_no_optional_backend() -> None:
 
     code = """
 import importlib.abc, sys
+MISSING = {"redis", "grpc", "grpc_health", "grpc_reflection", "opentelemetry"}
 class Missing(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"redis", "grpc", "grpc_health", "grpc_reflection", "opentelemetry"}:
+        if name.split(".")[0] in MISSING:
             raise ImportError(f"{name} is not installed (simulated bare install)")
 sys.meta_path.insert(0, Missing())
 from kizuna.config import load_config

@@ -8,59 +8,22 @@ what the others see (timeouts, limits, an audience) start their own servers.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.clients import TIMEOUT, Api, NodeClient, PyClient, WireClient
-from tests.support.processes import KizunaProcess
+from tests.support.processes import (
+    KizunaProcess,
+    serve,
+    write_config,
+)
 
 ALLOWED_ORIGIN = "http://allowed.example"
 MAX_MESSAGE_SIZE = 1024
-SMALL_HISTORY = 3
-
-NAMESPACES_TOML = f"""
-# The defaults (chat, notifications), plus a namespace whose history is too short to
-# recover from after a few publications.
-[namespaces.chat]
-
-[namespaces.notifications]
-presence = false
-join_leave = false
-allow_publish = false
-history_size = 50
-
-[namespaces.small]
-history_size = {SMALL_HISTORY}
-"""
-
-
-def write_config(directory: Path, text: str = NAMESPACES_TOML) -> Path:
-    path = directory / "kizuna.toml"
-    path.write_text(text)
-    return path
-
-
-@contextlib.contextmanager
-def serve(*args: str, port: int | None = None) -> Iterator[KizunaProcess]:
-    """A running ``kizuna serve`` with these flags, stopped (and its log file closed) after."""
-    process = KizunaProcess(args=list(args))
-    if port is not None:
-        process.port = port
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        # KizunaProcess.stop() leaves its temporary log file open, which is a ResourceWarning
-        # (an error under filterwarnings=error) once the object is collected.
-        log = process._log
-        if log is not None:
-            log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="package")

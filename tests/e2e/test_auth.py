@@ -16,8 +16,8 @@ import pytest
 
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
 from tests.e2e.clients import HandshakeRefused, PyClient, token
-from tests.e2e.conftest import OpenNode, OpenPy, serve
-from tests.support.processes import KizunaProcess
+from tests.e2e.conftest import OpenNode, OpenPy
+from tests.support.processes import KizunaProcess, serve
 
 AUDIENCE = "kizuna-e2e"
 

@@ -15,8 +15,8 @@ import pytest
 
 from kizuna.protocol.codes import reconnect_allowed
 from tests.e2e.clients import Api, WireClient, token
-from tests.e2e.conftest import SMALL_HISTORY, OpenNode, OpenPy, serve
-from tests.support.processes import KizunaProcess
+from tests.e2e.conftest import OpenNode, OpenPy
+from tests.support.processes import SMALL_HISTORY, KizunaProcess, serve
 
 
 def assert_exact_sequence(pubs: Sequence[Mapping[str, Any]], expected: Sequence[Any]) -> None:

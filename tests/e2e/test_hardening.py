@@ -16,7 +16,8 @@ import httpx
 
 from kizuna.protocol.codes import DisconnectCode
 from tests.e2e.clients import RawWebSocket, token
-from tests.e2e.conftest import OpenPy, serve
+from tests.e2e.conftest import OpenPy
+from tests.support.processes import serve
 
 
 async def _probe_latency(open_py: OpenPy, url: str, rounds: int = 20) -> float:

@@ -17,8 +17,8 @@ import pytest
 
 from kizuna.protocol.codes import DisconnectCode
 from tests.e2e.clients import Api, RawWebSocket, token
-from tests.e2e.conftest import OpenPy, serve
-from tests.support.processes import KizunaProcess
+from tests.e2e.conftest import OpenPy
+from tests.support.processes import KizunaProcess, serve
 
 PING_INTERVAL = 0.5
 PING_TIMEOUT = 0.5

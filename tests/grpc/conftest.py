@@ -20,24 +20,15 @@ import pytest
 
 from kizuna.core.auth import mint_token
 from kizuna.transports.grpc_gen import chat_pb2_grpc
-from tests.support.processes import JWT_SECRET, KizunaProcess, free_port, wait_for_port
+from tests.support.processes import (
+    JWT_SECRET,
+    NAMESPACES_TOML,
+    KizunaProcess,
+    free_port,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SMALL_HISTORY = 3
-
-NAMESPACES_TOML = f"""
-[namespaces.chat]
-
-[namespaces.notifications]
-presence = false
-join_leave = false
-allow_publish = false
-history_size = 50
-
-# History too short to recover from after a few publications.
-[namespaces.small]
-history_size = {SMALL_HISTORY}
-"""
 
 
 @dataclass

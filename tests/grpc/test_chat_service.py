@@ -11,7 +11,8 @@ import grpc
 from kizuna.transports.grpc import CHANNEL_KEY
 from kizuna.transports.grpc_gen import chat_pb2, chat_pb2_grpc
 from tests.grpc.clients import TIMEOUT, read, subscriptions
-from tests.grpc.conftest import SMALL_HISTORY, GrpcNode, auth
+from tests.grpc.conftest import GrpcNode, auth
+from tests.support.processes import SMALL_HISTORY
 
 Stub = chat_pb2_grpc.ChatServiceStub
 

@@ -5,7 +5,6 @@ Servers are real ``kizuna serve`` processes, which serve Socket.IO at ``/socket.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -15,25 +14,14 @@ import httpx
 import pytest
 
 from tests.socketio.clients import TIMEOUT, NativeClient, SioDriver
-from tests.support.processes import KizunaProcess
+from tests.support.processes import KizunaProcess, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_ORIGIN = "http://allowed.example"
 
 
-@contextlib.contextmanager
-def serve_socketio(*args: str, port: int | None = None) -> Iterator[KizunaProcess]:
-    """A running server with Socket.IO at /socket.io/, stopped (and its log closed) after."""
-    process = KizunaProcess(args=list(args))
-    if port is not None:
-        process.port = port
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        log = process._log
-        if log is not None:
-            log.close()  # type: ignore[attr-defined]
+serve_socketio = serve
+"""Every ``kizuna serve`` serves Socket.IO at /socket.io/."""
 
 
 @pytest.fixture(scope="package")

@@ -8,6 +8,7 @@ the test that started it ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,15 @@ import httpx
 __all__ = [
     "API_KEY",
     "JWT_SECRET",
+    "NAMESPACES_TOML",
+    "SMALL_HISTORY",
     "KizunaProcess",
     "RedisProcess",
     "free_port",
+    "kizuna_command",
+    "serve",
     "wait_for_port",
+    "write_config",
 ]
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -238,3 +244,39 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serve(
+    *args: str, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[KizunaProcess]:
+    """A running ``kizuna serve`` with these flags, stopped (and its output kept) after."""
+    process = KizunaProcess(args=list(args), env=dict(env or {}))
+    if port is not None:
+        process.port = port
+    with process:
+        yield process
+
+
+SMALL_HISTORY = 3
+NAMESPACES_TOML = f"""
+# The defaults (chat, notifications), plus a namespace whose history is too short to
+# recover from after a few publications.
+[namespaces.chat]
+
+[namespaces.notifications]
+presence = false
+join_leave = false
+allow_publish = false
+history_size = 50
+
+[namespaces.small]
+history_size = {SMALL_HISTORY}
+"""
+
+
+def write_config(directory: Path, text: str = NAMESPACES_TOML) -> Path:
+    """A TOML config file in ``directory`` (the test namespaces by default)."""
+    path = directory / "kizuna.toml"
+    path.write_text(text)
+    return path
