@@ -10,7 +10,6 @@ import {
   Client,
   MalformedFrame,
   Subscription,
-  TRANSPORTS,
   decodeServerFrame,
   endpointUrl,
   parse,
@@ -145,18 +144,12 @@ test('close codes: 4xxx is final, everything else may reconnect', () => {
   assert.deepEqual([1000, 1006, 3001, 3999, 4000, 4003, 4999, 5000].map(reconnectAllowed), [true, true, true, true, false, false, false, true]);
 });
 
-test('the fallback transports are marked hooks, skipped until implemented', () => {
-  assert.equal(TRANSPORTS.sse, null);
-  assert.equal(TRANSPORTS.longpoll, null);
-  assert.equal(typeof TRANSPORTS.websocket, 'function');
-});
-
 test('without any usable transport the client retries, then gives up', async () => {
-  // Only the (empty) fallback hooks are allowed here, so no transport can be made.
+  // No transport of these names exists, so none can be made.
   const states = [];
   const client = new Client('http://127.0.0.1:9', {
     token: 't',
-    transports: ['sse', 'longpoll'],
+    transports: ['carrier-pigeon'],
     backoff: { minDelay: 1, maxDelay: 2, maxAttempts: 2 },
   });
   client.on('state', (s) => states.push([s.state, s.code ?? null, s.reconnect ?? null]));
@@ -167,6 +160,12 @@ test('without any usable transport the client retries, then gives up', async () 
     ['connecting', null, null],
     ['disconnected', 1006, false],
   ]);
+});
+
+test('when no transport can reach the server, the reason names the last one tried', async () => {
+  // Nothing listens on port 9: WebSocket is not in Node 20, SSE and long-polling are refused.
+  const client = new Client('http://127.0.0.1:9', { token: 't', backoff: { minDelay: 1, maxDelay: 2, maxAttempts: 1 } });
+  await assert.rejects(client.connect(), (e) => e.name === 'Disconnected' && e.code === 1006 && /cannot connect to http:\/\/127\.0\.0\.1:9: /.test(e.message));
 });
 
 test('a subscription drops replayed duplicates and reports recovery and gaps', async () => {

@@ -7,15 +7,21 @@
 //   history ended at*, so nothing published in between is lost or shown twice.
 // - After a reconnect the subscription either recovered what was missed (shown as
 //   "recovered N") or reports a gap (shown as "gap"; the history is reloaded).
+// - The header names the transport in use: WebSocket, or a fallback (SSE, long-polling)
+//   when WebSocket cannot get through. Over a fallback there is no presence query: the
+//   list shows who joined since (SSE), or says it is unavailable (long-polling).
 // - Every string that came from a user (names, rooms, messages, user ids) reaches the page
 //   through textContent, never as markup.
 
 import { Client } from './kizuna.js';
 
 const HISTORY = 50;
+const TRANSPORTS = { websocket: 'WebSocket', sse: 'SSE (fallback)', longpoll: 'long-polling (fallback)' };
+const SHORT = { sse: 'SSE', longpoll: 'long-polling' };
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $('status'),
+  transport: $('transport'),
   recovery: $('recovery'),
   roomTitle: $('room-title'),
   join: $('join'),
@@ -54,6 +60,13 @@ function setStatus(state, text, title = '') {
   ui.status.dataset.state = state;
   ui.status.textContent = text;
   ui.status.title = title;
+}
+
+function setTransport(name) {
+  ui.transport.hidden = !name;
+  ui.transport.dataset.transport = name ?? '';
+  ui.transport.dataset.fallback = String(Boolean(name) && name !== 'websocket');
+  ui.transport.textContent = name ? `via ${TRANSPORTS[name] ?? name}` : '';
 }
 
 function setRecovery(kind, text) {
@@ -104,7 +117,7 @@ function renderPresence(s) {
     li.dataset.client = info.client;
     ui.presence.append(li);
   }
-  ui.presenceCount.textContent = `(${entries.length})`;
+  ui.presenceCount.textContent = s.presenceNote || `(${entries.length})`;
 }
 
 function displayName(s, info) {
@@ -122,7 +135,7 @@ async function join(name, room, token) {
     // until a new one is pasted and Join is pressed again.
     getToken: async () => ui.token.value.trim() || null,
   });
-  const s = { client, channel, name, sub: null, seen: new Set(), names: new Map(), present: new Map(), reloading: null, countdown: null };
+  const s = { client, channel, name, sub: null, seen: new Set(), names: new Map(), present: new Map(), presenceNote: '', reloading: null, countdown: null };
   session = s;
   client.on('state', (change) => onState(s, change));
   ui.messages.replaceChildren();
@@ -199,9 +212,14 @@ async function refreshPresence(s) {
   try {
     const clients = await s.client.presence(s.channel);
     s.present = new Map(Object.entries(clients));
+    s.presenceNote = '';
     renderPresence(s);
   } catch (error) {
-    console.warn('presence unavailable', error);
+    if (error.code !== 108) console.warn('presence unavailable', error);
+    // 108 over a fallback: nobody can say who is here; list who joins from now on.
+    if (error.code === 108) s.present = new Map();
+    s.presenceNote = error.code === 108 ? `(not over ${SHORT[s.client.transport] ?? s.client.transport})` : '';
+    renderPresence(s);
   }
 }
 
@@ -212,6 +230,7 @@ function onState(s, change) {
     setStatus('connecting', change.attempt ? `connecting… (attempt ${change.attempt + 1})` : 'connecting…');
   } else if (change.state === 'connected') {
     setStatus('connected', 'connected', `${change.url} via ${change.transport}`);
+    setTransport(change.transport);
   } else if (change.reconnect) {
     const until = performance.now() + change.delay;
     const why = `${change.code} ${change.reason}`;
@@ -233,6 +252,7 @@ async function leave() {
   clearInterval(s.countdown);
   await s.client.close();
   setStatus('idle', 'not connected');
+  setTransport(null);
   setRecovery(null);
 }
 

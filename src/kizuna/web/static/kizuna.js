@@ -27,11 +27,13 @@
 // Times are in milliseconds in this module (the Python client uses seconds).
 //
 // Transports. The client speaks the native command protocol (newline-delimited JSON
-// commands with ids, replies, pushes) through a Transport. WebSocket carries it as is.
-// When WebSocket cannot open, the client tries the next transport in `transports`
-// (default ['websocket', 'sse', 'longpoll']) within the same attempt. The SSE and
-// long-poll transports are FALLBACK HOOKS, not implemented yet: see TRANSPORTS below
-// for the contract they must meet.
+// commands with ids, replies, pushes) through a Transport. WebSocket carries it as is;
+// SSE + HTTP publish and long-polling translate it to HTTP (see "HTTP fallbacks" below).
+// When a transport cannot open, the client tries the next one in `transports` (default
+// ['websocket', 'sse', 'longpoll']) within the same attempt. A transport that failed
+// `fallbackAfter` (2) times where a later one worked — refused, or dropped before
+// `connect` completed — is tried last from then on, so a client behind a proxy that
+// blocks WebSocket stops paying for the refusal on every reconnect.
 
 // --- errors -------------------------------------------------------------------------------
 
@@ -378,28 +380,831 @@ export class WebSocketTransport {
   }
 }
 
+// --- HTTP fallbacks: SSE + HTTP publish, and long-polling --------------------------------
+//
+// When WebSocket cannot be used (refused, blocked by a proxy, or failing before `connect`
+// completes), the Client keeps speaking the command protocol and one of these transports
+// translates it to kizuna's HTTP endpoints (src/kizuna/transports/sse.py, longpoll.py,
+// http_publish.py). The Client cannot tell the difference, so every rule above —
+// positions, exactly-once delivery, recovery, gaps, backoff, token refresh — holds as is:
+//
+//   connect      keeps the token (sent as `Authorization: Bearer` on every request, never
+//                in a URL) and answers at once: HTTP has no connection to open, so the
+//                token is checked by the first request that carries it (a refusal closes
+//                the transport with 4002 or 3006, which the Client answers with getToken).
+//   subscribe    a *probe*: GET /connection/poll?channels=C&timeout=0, with the cursor of
+//                `since` when there is one. It checks access (its error code is the reply's),
+//                reads the channel's current position, and replays what `since` missed —
+//                what a WebSocket subscribe reply carries (recovered and publications, or
+//                recovered:false for a gap). Error 108 means "no history": SSE can still
+//                carry the channel (without positions); long-polling cannot (108).
+//   (SSE)        then reopens the one stream, GET /connection/sse?channels=…, with every
+//                channel and a cursor built from their positions (`Last-Event-ID`), so the
+//                stream resumes exactly where each channel stands. Subscribe replies are
+//                sent when the new stream says `connected`.
+//   (long-poll)  then polls GET /connection/poll?channels=…&cursor=…&timeout=20 in a loop;
+//                each answer's cursor is the next request's.
+//   unsubscribe  drops the channel and reopens the stream (or the poll) without it.
+//   publish      POST /connection/publish.
+//   refresh      reopens the stream (or polls at once) with the new token; a refusal is
+//                the reply's error, and the old token stays.
+//   history      read through the poll endpoint (a cursor at `top − limit`; where the
+//                history is shorter, a binary search for where it starts).
+//   presence     error 108: no HTTP endpoint carries it.
+//   ping         answered by the next sign of life of the stream or poll (an event, an SSE
+//                comment, a poll answer), so the Client's heartbeat finds a stalled stream
+//                as on WebSocket; each sign of life also reaches the Client as an empty
+//                frame, which re-arms that heartbeat.
+//
+// A gap found in the live stream (an SSE `gap` event, a long-poll answer's `gaps`) reaches
+// the Client as an `unsubscribe` push with code 3005, which by protocol.md §5 means
+// "subscribe again with `since`": the new probe answers recovered:false, and the
+// application sees {type: 'subscribed', gap: true} — never a silent hole.
+//
+// The SSE stream is read with fetch() and a ReadableStream parser, not EventSource:
+// EventSource cannot send the Authorization header (the token would travel in the URL,
+// where proxies log it), hides the status and JSON error of a refused stream (a 401 that
+// asks for a new token looks like a 403 that must stop), and reconnects on its own
+// schedule instead of the Client's backoff.
+
+/** Encode positions ({channel: {offset, epoch}}, a Map, or [[channel, position]]) as a cursor. */
+export function encodeCursor(positions) {
+  const rows = [];
+  for (const [channel, pos] of entriesOf(positions)) rows.push([channel, pos.offset, pos.epoch]);
+  return base64url(new TextEncoder().encode(JSON.stringify(rows)));
+}
+
+/** A cursor's positions as a Map channel → {offset, epoch}. Throws MalformedFrame. */
+export function decodeCursor(text) {
+  const out = new Map();
+  if (!text) return out;
+  let rows;
+  try {
+    rows = JSON.parse(utf8.decode(unbase64url(text)));
+  } catch {
+    throw new MalformedFrame(`malformed cursor: ${preview(text)}`);
+  }
+  if (!Array.isArray(rows)) throw new MalformedFrame('malformed cursor: not a list');
+  for (const row of rows) {
+    if (!Array.isArray(row) || row.length !== 3 || typeof row[0] !== 'string' || !isInt(row[1]) || row[1] < 0 || typeof row[2] !== 'string') {
+      throw new MalformedFrame(`malformed cursor row: ${preview(String(JSON.stringify(row)))}`);
+    }
+    out.set(row[0], { offset: row[1], epoch: row[2] });
+  }
+  return out;
+}
+
+function entriesOf(positions) {
+  if (positions instanceof Map || Array.isArray(positions)) return positions;
+  return Object.entries(positions);
+}
+
+function base64url(bytes) {
+  let binary = '';
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+function unbase64url(text) {
+  if (!/^[A-Za-z0-9_-]*$/.test(text)) throw new Error('not base64url');
+  const binary = atob(text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+/** The `exp` claim of a JWT (seconds since the epoch), or null. Not verified: the server does that. */
+export function tokenExpiry(token) {
+  if (typeof token !== 'string') return null;
+  try {
+    const claims = JSON.parse(utf8.decode(unbase64url(token.split('.')[1] ?? '')));
+    return isObject(claims) && typeof claims.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * An incremental parser for a text/event-stream body (the WHATWG "event stream
+ * interpretation"): feed it decoded text as it arrives; each call returns what that text
+ * completed, in order — {type: 'event', event, data, id} and {type: 'comment', text}.
+ * Lines end with CRLF, LF or CR (also split across chunks); `data` lines join with '\n';
+ * an event without data is not dispatched; `id` persists until changed (lastEventId).
+ */
+export class SSEParser {
+  constructor() {
+    this.lastEventId = '';
+    this._buffer = '';
+    this._data = [];
+    this._event = '';
+    this._afterCR = false;
+    this._started = false;
+  }
+
+  feed(text) {
+    const out = [];
+    if (!this._started && text.length) {
+      this._started = true;
+      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+    }
+    if (this._afterCR && text.startsWith('\n')) text = text.slice(1); // the LF of a split CRLF
+    if (text.length) this._afterCR = false;
+    const buffer = this._buffer + text;
+    const breaks = /\r\n|\r|\n/g;
+    let start = 0;
+    for (let m = breaks.exec(buffer); m; m = breaks.exec(buffer)) {
+      if (m[0] === '\r' && m.index === buffer.length - 1) this._afterCR = true;
+      this._line(buffer.slice(start, m.index), out);
+      start = m.index + m[0].length;
+    }
+    this._buffer = buffer.slice(start);
+    return out;
+  }
+
+  _line(line, out) {
+    if (line === '') {
+      if (this._data.length) out.push({ type: 'event', event: this._event || 'message', data: this._data.join('\n'), id: this.lastEventId });
+      this._data = [];
+      this._event = '';
+      return;
+    }
+    if (line.startsWith(':')) {
+      out.push({ type: 'comment', text: line.slice(1).replace(/^ /, '') });
+      return;
+    }
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'data') this._data.push(value);
+    else if (field === 'event') this._event = value;
+    else if (field === 'id' && !value.includes('\0')) this.lastEventId = value;
+    // `retry` and unknown fields are ignored: the Client owns reconnect timing.
+  }
+}
+
+/** The URL of `path` beside an endpoint ('http://h:8000', 'wss://h/prefix/connection/websocket'…). */
+export function httpUrl(endpoint, path) {
+  const url = new URL(endpointUrl(endpoint, '/', 'http'));
+  const prefix = url.pathname.replace(/\/connection\/websocket\/?$/, '').replace(/\/+$/, '');
+  return new URL(`${prefix}${path}`, url.origin).href;
+}
+
+const AUTH_CLOSE = { 101: 4002, 109: 3006 }; // error code → the close code the Client acts on
+const GAP_CODE = 3005; // "insufficient state": subscribe again from the position
+const GAP_REASON = 'insufficient state: the history no longer reaches back';
+const MAX_HISTORY = 1000; // the server's default history_max_limit, for `reverse` without a limit
+
+function errorOf(body) {
+  const error = isObject(body) ? body.error : null;
+  return isObject(error) && isInt(error.code) && typeof error.message === 'string' ? error : null;
+}
+
+function randomId() {
+  const bytes = new Uint8Array(6);
+  globalThis.crypto.getRandomValues(bytes);
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function ttlFields(token) {
+  const exp = tokenExpiry(token);
+  return exp === null ? { expires: false } : { expires: true, ttl: Math.max(0, Math.floor(exp - Date.now() / 1000)) };
+}
+
+/** A publication push in the form the publications of subscribe and history results have. */
+function stored(push) {
+  const pub = { data: push.data, offset: push.offset };
+  if (push.info != null) pub.info = push.info;
+  return pub;
+}
+
+async function readJson(response) {
+  const text = await response.text();
+  try {
+    return { status: response.status, body: JSON.parse(text) };
+  } catch {
+    return { status: response.status, body: null }; // not JSON: a proxy's page, most likely
+  }
+}
+
+/**
+ * What the SSE and long-poll transports share: the command protocol answered over HTTP.
+ * A subclass carries the live channels (`_restart(gen)`) and decides when a subscribe
+ * reply may go (`_accepted`): never before its channel is on the wire.
+ */
+class HttpTransport {
+  constructor(endpoint, options, name, path) {
+    this.name = name;
+    this.onmessage = () => {};
+    this.onclose = () => {};
+    this.token = null;
+    this.channels = new Map(); // on the wire: channel → {position: {offset, epoch} | null}
+    this.clientId = `${name}-${randomId()}`;
+    this._path = httpUrl(endpoint, path);
+    this._pollUrl = httpUrl(endpoint, options.pollPath ?? '/connection/poll');
+    this._publishUrl = httpUrl(endpoint, options.publishPath ?? '/connection/publish');
+    this._requestTimeout = options.timeout ?? 10000;
+    this._subscribing = new Map(); // channel → the subscribe command whose probe runs
+    this._controllers = new Set();
+    this._refreshing = null; // {id, token, previous} while a new token is tried on the wire
+    this._pings = [];
+    this._out = [];
+    this._touched = false;
+    this._flushQueued = false;
+    this._restartQueued = false;
+    this._everWorked = false; // once the wire delivered, its failures are the network's
+    this._gen = 0; // which wire (stream or poll loop) is the current one
+    this._closed = false;
+  }
+
+  // --- the Transport contract ---
+
+  /**
+   * Usable from here? kizuna answers a request without channels with 400 and error 107
+   * before it looks at anything else; a proxy that blocks the path, or a server that is
+   * not kizuna, answers something else, and the Client tries its next transport.
+   */
+  async open(timeoutMs) {
+    let status = 0;
+    let error = null;
+    try {
+      ({ status, body: error } = await this._fetch(this._path, { timeoutMs, auth: false }, readJson));
+    } finally {
+      if (!(status === 400 && errorOf(error)?.code === 107)) this._closed = true;
+    }
+    if (this._closed) throw new Error(`${this._path} answered HTTP ${status}, not kizuna`);
+  }
+
+  send(text) {
+    if (this._closed) throw new NotSent('the connection is closed');
+    for (const line of text.split('\n')) {
+      if (line.trim()) this._command(JSON.parse(line));
+    }
+  }
+
+  close(code = 1000, reason = '') {
+    this._finish({ code, reason });
+  }
+
+  // --- commands ---
+
+  _command({ id, method, params = {} }) {
+    switch (method) {
+      case 'connect':
+        this.token = typeof params.token === 'string' && params.token ? params.token : null;
+        this._reply(id, { client: this.clientId, ...ttlFields(this.token) });
+        break;
+      case 'subscribe':
+        this._subscribe(id, params);
+        break;
+      case 'unsubscribe':
+        this._unsubscribe(id, params.channel);
+        break;
+      case 'publish':
+        this._publish(id, params);
+        break;
+      case 'refresh':
+        this._refresh(id, params.token);
+        break;
+      case 'history':
+        this._history(id, params).catch((error) => this._fail(1006, `history: ${error.message}`));
+        break;
+      case 'ping':
+        if (this.channels.size) this._ping(id);
+        else this._reply(id, {}); // no wire to stall
+        break;
+      case 'presence':
+      case 'presence_stats':
+        this._error(id, 108, `${method} is not available over ${this.name}`);
+        break;
+      default:
+        this._error(id, 104, 'method not found');
+    }
+  }
+
+  _subscribe(id, { channel, since = null }) {
+    if (typeof channel !== 'string' || !channel) return this._error(id, 107, 'channel is required');
+    if (this.channels.has(channel) || this._subscribing.has(channel)) return this._error(id, 105, 'already subscribed');
+    this._subscribing.set(channel, id);
+    this._probe(channel, since)
+      .then((outcome) => {
+        if (this._closed) return;
+        if (this._subscribing.get(channel) !== id) return this._error(id, 110, 'unsubscribed while subscribing');
+        this._subscribing.delete(channel);
+        if (outcome.kind !== 'ok') return this._answered(id, outcome, channel);
+        if (!outcome.recoverable && (since || !this._carriesLive)) {
+          return this._error(id, 108, since ? 'since given in a namespace without history' : `${this.name} needs a channel with history`);
+        }
+        let result = {};
+        if (outcome.recoverable) {
+          const { position, gap, publications } = outcome;
+          result = { recoverable: true, offset: position.offset, epoch: position.epoch };
+          if (since) Object.assign(result, gap ? { recovered: false } : { recovered: true, publications: publications.map(stored) });
+        }
+        this.channels.set(channel, { position: outcome.recoverable ? outcome.position : null });
+        this._accepted(id, channel, result);
+      })
+      .catch((error) => this._fail(1006, `subscribe ${channel}: ${error.message}`))
+      .finally(() => this._wireChanged());
+  }
+
+  _unsubscribe(id, channel) {
+    if (this.channels.delete(channel) || this._subscribing.delete(channel)) {
+      this._reply(id, {});
+      this._wireChanged();
+    } else {
+      this._error(id, 110, 'not subscribed');
+    }
+  }
+
+  async _publish(id, { channel, data, idempotency_key: key }) {
+    const body = { channel, data };
+    if (key !== undefined) body.idempotency_key = key;
+    const token = this.token;
+    let answer;
+    try {
+      const headers = { 'Content-Type': 'application/json' };
+      answer = await this._fetch(this._publishUrl, { method: 'POST', body: JSON.stringify(body), headers }, readJson);
+    } catch (error) {
+      // Sent, with no answer: it may or may not be published (the Client says ConnectionLost).
+      return this._fail(1006, `publish: ${error.message}`);
+    }
+    if (answer.status === 200 && isObject(answer.body?.result)) return this._reply(id, answer.body.result);
+    const error = errorOf(answer.body);
+    if (!error) return this._fail(1006, `publish: HTTP ${answer.status} without a kizuna answer`);
+    this._error(id, error.code, error.message);
+    if (AUTH_CLOSE[error.code]) this._refused(error.code, error.message, token);
+  }
+
+  _refresh(id, token) {
+    if (typeof token !== 'string' || !token) return this._error(id, 107, 'token is required');
+    if (!this.channels.size && !this._subscribing.size) {
+      this.token = token; // nothing to try it on now: the next request checks it
+      return this._reply(id, ttlFields(token));
+    }
+    if (this._refreshing) this._error(this._refreshing.id, 107, 'replaced by a newer refresh');
+    this._refreshing = { id, token, previous: this._refreshing?.previous ?? this.token };
+    this.token = token;
+    this._wireChanged();
+  }
+
+  /** The wire works with `token`: if that is a refresh's, answer it. */
+  _workedWith(token) {
+    const refreshing = this._refreshing;
+    if (!refreshing || refreshing.token !== token) return;
+    this._refreshing = null;
+    this._reply(refreshing.id, ttlFields(token));
+  }
+
+  /**
+   * history(channel, {limit, since, reverse}) through the poll endpoint: read the top,
+   * then from `since` (or `top − limit`); where the history no longer reaches back that
+   * far, binary-search the first offset it still holds. Publications past the top read
+   * first are left out, so the result's position is where they end.
+   */
+  async _history(id, { channel, limit, since = null, reverse = false }) {
+    const failed = (outcome) => {
+      if (outcome.kind !== 'ok') this._answered(id, outcome, channel);
+      else if (!outcome.recoverable) this._error(id, 108, 'history is off in this namespace');
+      else return false;
+      return true;
+    };
+    const top = await this._probe(channel, null);
+    if (failed(top)) return;
+    const { offset: last, epoch } = top.position;
+    const reply = (pubs) => this._reply(id, { publications: pubs.map(stored), offset: last, epoch });
+    if (limit === 0 || (since && (since.epoch !== epoch || since.offset >= last))) return reply([]);
+    const want = limit ?? (reverse ? MAX_HISTORY : undefined);
+    const read = (offset) => this._probe(channel, { offset, epoch });
+    let start = since ? since.offset : reverse ? Math.max(0, last - want) : 0;
+    let page = await read(start);
+    if (failed(page)) return;
+    if (page.gap) {
+      let lo = start + 1;
+      let hi = last; // reading after `last` is never a gap (in this epoch)
+      while (lo < hi) {
+        const mid = Math.floor((lo + hi) / 2);
+        const probe = await read(mid);
+        if (failed(probe)) return;
+        if (probe.gap) lo = mid + 1;
+        else hi = mid;
+      }
+      start = lo;
+      page = await read(start);
+      if (failed(page)) return;
+      if (page.gap) return reply([]); // the epoch changed meanwhile
+    }
+    let pubs = page.publications.filter((p) => p.offset <= last);
+    if (reverse) pubs.reverse();
+    if (want !== undefined) pubs = pubs.slice(0, want);
+    reply(pubs);
+  }
+
+  /** Answer command `id` after a probe that was not 'ok'. */
+  _answered(id, outcome, channel) {
+    if (outcome.kind === 'lost') return this._fail(1006, `${channel}: ${outcome.reason}`, !this._everWorked);
+    if (AUTH_CLOSE[outcome.code]) {
+      if (this._refused(outcome.code, outcome.message, outcome.token)) this._error(id, 113, `try again: ${outcome.message}`);
+      return; // else the transport closed: the Client gets a new token, and subscribes again
+    }
+    this._error(id, outcome.code, outcome.message);
+  }
+
+  /**
+   * The token `token` was refused (101, 109). If it was a refresh's, that is the
+   * refresh's answer, the old token stays, and this returns true; otherwise the transport
+   * closes with 4002 or 3006, and the Client asks for a new token.
+   */
+  _refused(code, message, token) {
+    const refreshing = this._refreshing;
+    if (refreshing && refreshing.token === token) {
+      this._refreshing = null;
+      if (this.token === token) this.token = refreshing.previous;
+      this._error(refreshing.id, code, message);
+      this._wireChanged();
+      return true;
+    }
+    if (token === this.token) this._fail(AUTH_CLOSE[code], message);
+    return !this._closed;
+  }
+
+  /** The wire was refused with `error`: what it means for the whole transport. */
+  _wireRefused(status, error, token) {
+    if (!error) return this._fail(1006, `${this.name} refused: HTTP ${status} without a kizuna answer`, !this._everWorked);
+    if (AUTH_CLOSE[error.code]) return this._refused(error.code, error.message, token);
+    if ([102, 103, 108].includes(error.code)) return this._recheck(error.code, error.message);
+    if (error.code === 107) return this._fail(4001, `${this.name} refused: ${error.message}`); // e.g. a cursor past the server's limit
+    return this._fail(3008, `${this.name} refused: ${error.code} ${error.message}`); // 113…: the Client backs off
+  }
+
+  /** Some channel was refused on the wire (102/103/108): probe each, end those refused. */
+  async _recheck(code, message) {
+    const gen = this._gen;
+    const refused = [];
+    for (const [channel, entry] of this.channels) {
+      const outcome = await this._probe(channel, entry.position);
+      if (this._closed || gen !== this._gen) return;
+      if (outcome.kind === 'lost') return this._fail(1006, outcome.reason, !this._everWorked);
+      if (outcome.kind === 'refused' && AUTH_CLOSE[outcome.code]) return this._refused(outcome.code, outcome.message, outcome.token);
+      if (outcome.kind === 'refused') refused.push([channel, outcome.code, outcome.message]);
+      else if (!outcome.recoverable && !this._carriesLive) refused.push([channel, 108, 'no history to poll']);
+    }
+    if (!refused.length) return this._fail(3008, `${this.name} refused: ${code} ${message}`);
+    for (const [channel, why, reason] of refused) {
+      this.channels.delete(channel);
+      if (!this._reject(channel, why, reason)) this._push({ push: 'unsubscribe', channel, code: why, reason });
+    }
+    this._wireChanged();
+  }
+
+  /** Answer ping `id` with the wire's next sign of life. */
+  _ping(id) {
+    this._pings.push(id);
+  }
+
+  /** A subscribe reply held for `channel` becomes an error instead; false if none was held. */
+  _reject() {
+    return false;
+  }
+
+  // --- HTTP ---
+
+  /**
+   * One poll answered at once (timeout=0) for one channel, from `since` or from its top:
+   * {kind: 'ok', recoverable, position, publications, gap} | {kind: 'refused', code,
+   * message, token} | {kind: 'lost', reason}.
+   */
+  async _probe(channel, since) {
+    const url = new URL(this._pollUrl);
+    url.searchParams.set('channels', channel);
+    url.searchParams.set('timeout', '0');
+    if (since) url.searchParams.set('cursor', encodeCursor([[channel, since]]));
+    const token = this.token;
+    let answer;
+    try {
+      answer = await this._fetch(url.href, {}, readJson);
+    } catch (error) {
+      return { kind: 'lost', reason: error.message };
+    }
+    if (answer.status === 200) {
+      const body = answer.body;
+      let position = null;
+      try {
+        position = decodeCursor(typeof body?.cursor === 'string' ? body.cursor : '').get(channel);
+      } catch {
+        // a cursor that is not one: reported below
+      }
+      if (!position || !Array.isArray(body.publications) || !Array.isArray(body.gaps)) {
+        return { kind: 'lost', reason: `${this._pollUrl} answered without a cursor for ${channel}` };
+      }
+      const publications = body.publications.filter((p) => isObject(p) && p.channel === channel);
+      return { kind: 'ok', recoverable: true, position, publications, gap: body.gaps.includes(channel) };
+    }
+    const error = errorOf(answer.body);
+    if (!error) return { kind: 'lost', reason: `HTTP ${answer.status} without a kizuna answer` };
+    if (error.code === 108) return { kind: 'ok', recoverable: false };
+    return { kind: 'refused', code: error.code, message: error.message, token };
+  }
+
+  /** fetch() with this transport's token and a deadline, aborted by close(); `read` the response. */
+  async _fetch(url, { method = 'GET', body, headers = {}, timeoutMs = this._requestTimeout, auth = true, wire = false }, read) {
+    if (this._closed) throw new Error('the transport is closed');
+    const controller = new AbortController();
+    controller.wire = wire; // the stream or poll a restart replaces
+    this._controllers.add(controller);
+    const timer = timeoutMs ? setTimeout(() => controller.abort(new Timeout(`no answer within ${timeoutMs} ms`)), timeoutMs) : null;
+    const all = { ...headers };
+    if (auth && this.token) all.Authorization = `Bearer ${this.token}`;
+    try {
+      const response = await fetch(url, { method, body, headers: all, cache: 'no-store', credentials: 'same-origin', signal: controller.signal });
+      if (wire) clearTimeout(timer); // a stream lives on; its silence is the heartbeat's business
+      return await read(response);
+    } catch (error) {
+      const reason = controller.signal.reason;
+      throw controller.signal.aborted && reason instanceof Error ? reason : error;
+    } finally {
+      clearTimeout(timer);
+      this._controllers.delete(controller);
+    }
+  }
+
+  _abortWire() {
+    for (const controller of this._controllers) if (controller.wire) controller.abort(new Error('replaced'));
+  }
+
+  // --- delivery to the Client: in order, and never inside send() ---
+
+  _reply(id, result) {
+    this._deliver(JSON.stringify({ id, result }));
+  }
+
+  _error(id, code, message) {
+    this._deliver(JSON.stringify({ id, error: { code, message } }));
+  }
+
+  _push(push) {
+    this._deliver(JSON.stringify(push));
+  }
+
+  /** The wire showed life: answer pings and re-arm the Client's heartbeat. */
+  _alive() {
+    this._everWorked = true;
+    for (const id of this._pings) this._reply(id, {});
+    this._pings = [];
+    this._touched = true;
+    this._deliver(null);
+  }
+
+  _deliver(line) {
+    if (line !== null) this._out.push(line);
+    if (this._flushQueued) return;
+    this._flushQueued = true;
+    queueMicrotask(() => {
+      this._flushQueued = false;
+      const lines = this._out;
+      const touched = this._touched;
+      this._out = [];
+      this._touched = false;
+      if (!this._closed && (lines.length || touched)) this.onmessage(lines.join('\n'));
+    });
+  }
+
+  /** The channel set or the token changed: restart the wire once no probe runs. */
+  _wireChanged() {
+    if (this._restartQueued || this._closed) return;
+    this._restartQueued = true;
+    queueMicrotask(() => {
+      this._restartQueued = false;
+      if (this._closed || this._subscribing.size) return; // the last probe calls again
+      this._gen += 1;
+      this._abortWire();
+      if (this.channels.size) {
+        this._restart(this._gen);
+        return;
+      }
+      this._workedWith(this.token); // no wire to try a new token on: the next request will
+      for (const id of this._pings) this._reply(id, {});
+      this._pings = [];
+    });
+  }
+
+  _positions() {
+    const out = [];
+    for (const [channel, entry] of this.channels) if (entry.position) out.push([channel, entry.position]);
+    return out;
+  }
+
+  _fail(code, reason, broken = false) {
+    this._finish({ code, reason, broken });
+  }
+
+  _finish(info) {
+    if (this._closed) return;
+    this._closed = true;
+    this._gen += 1;
+    for (const controller of this._controllers) controller.abort(new Error('the transport is closed'));
+    this._controllers.clear();
+    this._out = [];
+    this.onclose(info);
+  }
+}
+
+/** SSE carries what the server sends; POST /connection/publish what the client sends. */
+export class SSETransport extends HttpTransport {
+  constructor(endpoint, options = {}) {
+    super(endpoint, options, 'sse', options.ssePath ?? '/connection/sse');
+    this._openTimeout = options.openTimeout ?? 10000;
+    this._carriesLive = true; // channels without history ride the stream too (no positions)
+    this._held = []; // subscribe replies waiting for the stream that carries their channel
+    this._streamClient = null; // the server's id of the current stream's connection
+    this._ownJoins = new Map(); // channel → the `join` push of the current stream's connection
+  }
+
+  _accepted(id, channel, result) {
+    this._held.push({ id, channel, result });
+  }
+
+  _reject(channel, code, message) {
+    const held = this._held.find((h) => h.channel === channel);
+    if (!held) return false;
+    this._held = this._held.filter((h) => h !== held);
+    this._error(held.id, code, message);
+    return true;
+  }
+
+  _restart(gen) {
+    this._stream(gen).catch((error) => {
+      if (gen === this._gen) this._fail(1006, `the SSE stream failed: ${error.message}`, !this._everWorked);
+    });
+  }
+
+  async _stream(gen) {
+    // The old stream's connection left every channel: others got `leave`, so does the Client.
+    for (const join of this._ownJoins.values()) this._push({ ...join, push: 'leave' });
+    this._ownJoins.clear();
+    this._streamClient = null;
+    const url = new URL(this._path);
+    url.searchParams.set('channels', [...this.channels.keys()].join(','));
+    const headers = { Accept: 'text/event-stream' };
+    const positions = this._positions();
+    if (positions.length) headers['Last-Event-ID'] = encodeCursor(positions);
+    const token = this.token;
+    let connected = false;
+    const silent = setTimeout(() => {
+      if (!connected && gen === this._gen) this._fail(1006, `no SSE event within ${this._openTimeout} ms (a buffering proxy?)`, !this._everWorked);
+    }, this._openTimeout);
+    try {
+      await this._fetch(url.href, { headers, timeoutMs: this._openTimeout, wire: true }, async (response) => {
+        if (gen !== this._gen) return response.body?.cancel();
+        if (response.status !== 200) {
+          const { body } = await readJson(response);
+          if (gen === this._gen) this._wireRefused(response.status, errorOf(body), token);
+          return undefined;
+        }
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        const parser = new SSEParser();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (gen !== this._gen) return reader.cancel().catch(() => {});
+          if (done) return this._fail(1006, 'the SSE stream ended', !this._everWorked);
+          for (const item of parser.feed(decoder.decode(value, { stream: true }))) {
+            if (item.type === 'event' && item.event === 'connected') {
+              connected = true;
+              this._releaseHeld();
+              this._workedWith(token);
+            }
+            this._onItem(item);
+            if (gen !== this._gen) return reader.cancel().catch(() => {});
+          }
+        }
+      });
+    } finally {
+      clearTimeout(silent);
+    }
+  }
+
+  _releaseHeld() {
+    for (const { id, result } of this._held) this._reply(id, result);
+    this._held = [];
+  }
+
+  _onItem(item) {
+    if (item.type === 'event') {
+      let push = null;
+      try {
+        push = JSON.parse(item.data);
+      } catch {
+        // passed on as is below: the Client refuses it as a malformed frame
+      }
+      const entry = isObject(push) ? this.channels.get(push.channel) : undefined;
+      switch (item.event) {
+        case 'pub':
+          if (entry && isInt(push.offset) && typeof push.epoch === 'string') entry.position = { offset: push.offset, epoch: push.epoch };
+          this._deliver(item.data);
+          break;
+        case 'connected':
+          this._streamClient = isObject(push) && typeof push.client === 'string' ? push.client : null;
+          break;
+        case 'join':
+          if (entry && isObject(push.info) && push.info.client === this._streamClient) this._ownJoins.set(push.channel, push);
+          this._deliver(item.data);
+          break;
+        case 'leave':
+        case 'disconnect':
+          this._deliver(item.data);
+          break;
+        case 'gap':
+          if (entry) this._push({ push: 'unsubscribe', channel: push.channel, code: GAP_CODE, reason: GAP_REASON });
+          break;
+        case 'subscribe_error': {
+          const code = isInt(push?.code) ? push.code : 100;
+          const reason = `subscribe ${push?.channel}: ${code} ${push?.message ?? ''}`;
+          if (TRANSIENT_ERRORS.has(code)) return this._fail(3008, reason); // the Client backs off
+          if (entry) {
+            this.channels.delete(push.channel);
+            this._push({ push: 'unsubscribe', channel: push.channel, code, reason });
+            this._wireChanged();
+          }
+          break;
+        }
+        default:
+          break; // an event of a newer server
+      }
+    }
+    this._alive(); // comments too: the server's heartbeat
+  }
+}
+
+/** GET /connection/poll in a loop carries what the server sends; POST /connection/publish the rest. */
+export class LongPollTransport extends HttpTransport {
+  constructor(endpoint, options = {}) {
+    super(endpoint, options, 'longpoll', options.pollPath ?? '/connection/poll');
+    this._pollTimeout = options.pollTimeout ?? 20000;
+    this._carriesLive = false; // a poll reads history: a channel without it cannot be polled
+    this._quick = false;
+  }
+
+  _accepted(id, channel, result) {
+    this._reply(id, result);
+  }
+
+  /** A poll answered at once is a real round trip over the wire, not a wait for the held one. */
+  _ping(id) {
+    this._pings.push(id);
+    this._quick = true;
+    this._wireChanged();
+  }
+
+  _restart(gen) {
+    this._loop(gen).catch((error) => {
+      if (gen === this._gen) this._fail(1006, `poll: ${error.message}`, !this._everWorked);
+    });
+  }
+
+  async _loop(gen) {
+    let wait = this._refreshing || this._quick ? 0 : this._pollTimeout; // a new token or a ping: at once
+    this._quick = false;
+    while (gen === this._gen) {
+      const url = new URL(this._pollUrl);
+      url.searchParams.set('channels', [...this.channels.keys()].join(','));
+      url.searchParams.set('cursor', encodeCursor(this._positions()));
+      url.searchParams.set('timeout', String(wait / 1000));
+      const token = this.token;
+      const answer = await this._fetch(url.href, { timeoutMs: wait + this._requestTimeout, wire: true }, readJson);
+      if (gen !== this._gen) return;
+      wait = this._pollTimeout;
+      if (answer.status !== 200) return this._wireRefused(answer.status, errorOf(answer.body), token);
+      const { publications, cursor, gaps } = answer.body ?? {};
+      let positions = null;
+      try {
+        positions = decodeCursor(typeof cursor === 'string' ? cursor : '');
+      } catch {
+        // reported below
+      }
+      if (!positions || !Array.isArray(publications) || !Array.isArray(gaps)) {
+        return this._fail(1006, 'a poll answer without publications, cursor and gaps', !this._everWorked);
+      }
+      this._workedWith(token);
+      for (const pub of publications) this._push(pub);
+      for (const [channel, entry] of this.channels) {
+        if (positions.has(channel)) entry.position = positions.get(channel);
+      }
+      for (const channel of gaps) {
+        if (this.channels.has(channel)) this._push({ push: 'unsubscribe', channel, code: GAP_CODE, reason: GAP_REASON });
+      }
+      this._alive();
+    }
+  }
+}
+
 // The registry the Client picks transports from, in the order of its `transports` option.
-//
-// FALLBACK HOOKS — `sse` and `longpoll` are not implemented yet. Each must be a factory
-// returning a Transport (contract above) that lets the Client keep speaking the command
-// protocol while the wire is HTTP:
-//
-//   sse:      open an EventSource on /connection/sse (the server's format: see
-//             src/kizuna/transports/sse.py); turn `connect` into the token it carries,
-//             `subscribe`/`unsubscribe` into reopening the stream with the new channel set
-//             and each channel's position (cursor / Last-Event-ID), `publish` into
-//             POST /connection/publish; answer each command id with a reply frame, and
-//             feed each event to onmessage as the push frame WebSocket would carry
-//             (a `gap` event becomes a subscribe reply with recovered:false).
-//   longpoll: the same over GET /connection/poll (`timeout=0` is plain polling).
-//
-// Commands a fallback cannot carry (history, presence) are answered with error 108
-// (not available). Until a hook is filled in, the Client skips it.
+// A factory returns null where its transport cannot work (no fetch, no streams).
+const canFetch = () => typeof fetch === 'function' && typeof AbortController === 'function' && typeof TextDecoder === 'function';
+
 export const TRANSPORTS = {
   websocket: (endpoint, options) =>
     typeof WebSocket === 'undefined' ? null : new WebSocketTransport(endpoint, options),
-  sse: null, // FALLBACK HOOK: SSE + HTTP publish
-  longpoll: null, // FALLBACK HOOK: long-polling
+  sse: (endpoint, options) =>
+    canFetch() && typeof ReadableStream === 'function' ? new SSETransport(endpoint, options) : null,
+  longpoll: (endpoint, options) => (canFetch() ? new LongPollTransport(endpoint, options) : null),
 };
 
 /** Plug a transport in (or replace one) by name. */
@@ -615,6 +1420,7 @@ class Session {
     this.url = url;
     this.pending = new Map();
     this.localClose = null;
+    this.closeInfo = null;
     this.clientId = null;
     this.connectedAt = 0;
     this.closed = false;
@@ -650,7 +1456,9 @@ class Session {
  * (silence after which the client pings; default: the server's `ping` interval from the
  * connect result, else 25000; 0 turns it off), pingTimeout (10000),
  * refreshRatio (0.8 of the token's lifetime), transports (['websocket', 'sse', 'longpoll']),
- * websocketPath, random (a () => [0, 1) function, for tests).
+ * fallbackAfter (2: failures before a transport is tried last), websocketPath, ssePath,
+ * pollPath, publishPath, pollTimeout (20000: how long the server may hold a long poll),
+ * random (a () => [0, 1) function, for tests).
  */
 export class Client extends Emitter {
   constructor(endpoints, options = {}) {
@@ -666,6 +1474,9 @@ export class Client extends Emitter {
     this.pingTimeout = options.pingTimeout ?? 10000;
     this.refreshRatio = options.refreshRatio ?? 0.8;
     this.transportNames = options.transports ?? ['websocket', 'sse', 'longpoll'];
+    this.fallbackAfter = options.fallbackAfter ?? 2;
+    this._transportOrder = [...this.transportNames]; // a transport that keeps failing moves last
+    this._transportFailures = new Map();
     this.state = 'disconnected';
     this.clientId = null;
     this.transport = null;
@@ -883,22 +1694,27 @@ export class Client extends Emitter {
     }
     let transport = null;
     let failure = null;
-    for (const name of this.transportNames) {
+    const refused = [];
+    for (const name of [...this._transportOrder]) {
       const factory = TRANSPORTS[name];
       const candidate = factory ? factory(url, this.options) : null;
-      if (!candidate) continue; // not implemented yet, or unusable here
+      if (!candidate) continue; // unusable here (or an empty slot in the registry)
       try {
         await candidate.open(this.openTimeout);
         transport = candidate;
         break;
       } catch (error) {
         failure = error;
+        refused.push([name, error]);
+        if (this._closing) break;
       }
     }
     if (!transport) {
       const why = failure ? failure.message : 'no transport available';
       return { code: CLOSE_ABNORMAL, reason: `cannot connect to ${url}: ${why}`, reconnect: true, error: failure };
     }
+    // Refused where a later transport opened: something on the way blocks them, not the server.
+    for (const [name, error] of refused) this._transportFailed(name, error.message);
     if (this._closing) {
       transport.close(CLOSE_NORMAL, 'client closed');
       return { code: CLOSE_NORMAL, reason: 'client closed', reconnect: false };
@@ -909,7 +1725,10 @@ export class Client extends Emitter {
     transport.onmessage = (frame) => this._onFrame(session, frame);
     transport.onclose = (info) => this._onClose(session, info);
     try {
-      return await this._serve(session, token);
+      const outcome = await this._serve(session, token);
+      const broken = session.closeInfo?.broken || (session.clientId === null && outcome.reconnect && !outcome.authFailed);
+      if (broken && !this._closing) this._transportFailed(transport.name, outcome.reason);
+      return outcome;
     } finally {
       this._session = null;
       this._connected = null;
@@ -941,6 +1760,7 @@ export class Client extends Emitter {
     }
     session.clientId = this.clientId = result.client;
     session.connectedAt = now();
+    this._transportFailures.delete(session.transport.name);
     this._setState({ state: 'connected', url: session.url, clientId: result.client, transport: session.transport.name });
     if (this._resolveFirst) this._resolveFirst();
     if (result.ttl !== null && this._getToken) this._scheduleRefresh(session, result.ttl * 1000 * this.refreshRatio, 0);
@@ -962,6 +1782,18 @@ export class Client extends Emitter {
     const info = await session.ended;
     if (session.localClose) return session.localClose;
     return this._classify(info.code, info.reason || `closed by the server (${info.code})`, true);
+  }
+
+  /** One more failure of transport `name` where it should have worked; at fallbackAfter, it goes last. */
+  _transportFailed(name, why) {
+    const failures = (this._transportFailures.get(name) ?? 0) + 1;
+    if (failures < this.fallbackAfter || this._transportOrder.at(-1) === name) {
+      this._transportFailures.set(name, failures);
+      return;
+    }
+    this._transportFailures.delete(name);
+    this._transportOrder = [...this._transportOrder.filter((n) => n !== name), name];
+    console.info(`kizuna: ${name} failed ${failures} times here (${why}); trying it last from now on`);
   }
 
   _classify(code, reason, reconnect) {
@@ -1075,7 +1907,9 @@ export class Client extends Emitter {
         }
         case 'publication': {
           const sub = this._subs.get(message.channel);
-          if (sub && sub.state === 'subscribed' && !sub.onPublication(message)) this._resync(session, sub);
+          if (sub && sub.state === 'subscribed' && !sub.onPublication(message)) {
+            this._resync(session, sub, `hole after offset ${sub.position?.offset}`);
+          }
           break;
         }
         case 'join':
@@ -1086,10 +1920,14 @@ export class Client extends Emitter {
         }
         case 'unsubscribed': {
           const sub = this._subs.get(message.channel);
-          if (sub) {
-            this._subs.delete(message.channel);
-            sub.end(null, message);
+          if (!sub) break;
+          if (message.code >= 3000 && message.code <= 3999) {
+            // protocol.md §5: subscribe again from the position (recovers, or reports the gap)
+            if (sub.state === 'subscribed') this._resync(session, sub, `${message.code} ${message.reason}`);
+            break;
           }
+          this._subs.delete(message.channel);
+          sub.end(null, message);
           break;
         }
         case 'disconnect':
@@ -1104,6 +1942,7 @@ export class Client extends Emitter {
   _onClose(session, info) {
     if (session.closed) return;
     session.closed = true;
+    session.closeInfo = info;
     if (this._connected === session) this._connected = null;
     for (const pending of session.pending.values()) pending.reject(new ConnectionLost('the connection dropped'));
     session.pending.clear();
@@ -1127,9 +1966,9 @@ export class Client extends Emitter {
     return withTimeout(reply, ms, `no answer to ${method} within ${this.timeout} ms`);
   }
 
-  /** A hole in `sub`'s stream: subscribe again from its position (recover, or gap). */
-  _resync(session, sub) {
-    console.info(`kizuna: hole in ${sub.channel} after offset ${sub.position?.offset}: subscribing again`);
+  /** `sub`'s stream cannot be trusted (a hole, a gap): subscribe again from its position. */
+  _resync(session, sub, why) {
+    console.info(`kizuna: ${sub.channel}: ${why}: subscribing again`);
     sub.onConnectionLost(); // back to 'subscribing': pushes are ignored until the reply
     try {
       this._send(session, 'unsubscribe', { channel: sub.channel }, parse.ignore).catch(() => {});
