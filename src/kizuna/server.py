@@ -25,6 +25,8 @@ from prometheus_client.openmetrics.exposition import (
 )
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -128,7 +130,16 @@ class Server:
         routes.append(Route("/", self._page("index.html")))
         routes.append(Route("/dashboard", self._page("dashboard.html")))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        # Browsers may read the HTTP transports (SSE, poll, publish) from pages served
+        # by another allowed origin — another node of the same deployment, say.
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=list(self.config.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            max_age=600,
+        )
+        return Starlette(routes=routes, middleware=[cors], lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -351,11 +351,6 @@ async def test_a_stalled_sse_stream_is_found_by_the_heartbeat(
         await browser.eval("page", "client.close().then(() => true)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: transports/longpoll.py waits out a held poll (client gone or not), "
-    "and uvicorn's graceful shutdown waits for it; see the fallback report",
-)
 async def test_the_server_stops_promptly_with_a_long_poll_held() -> None:
     """A node that stops should answer its held polls at once, not make shutdown wait."""
     server = KizunaProcess(args=SERVER_ARGS).start()

@@ -194,3 +194,29 @@ async def test_node_eventsource_client_reads_and_sees_every_publication(
     pubs = [orjson.loads(x) for x in out.splitlines() if b'"pub"' in x]
     assert [p["data"]["data"]["n"] for p in pubs] == [0, 1, 2, 3, 4]
     assert all(p["id"] for p in pubs)
+
+
+def test_cors_lets_an_allowed_origin_use_the_http_transports(tmp_path: Path) -> None:
+    allowed = "http://app.example"
+    with KizunaProcess(args=["--allowed-origins", allowed]) as server:
+        preflight = {
+            "Origin": allowed,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization,last-event-id",
+        }
+        for path in ("/connection/sse", "/connection/poll", "/connection/publish"):
+            r = httpx.options(server.url + path, headers=preflight)
+            assert r.status_code == 200, path
+            assert r.headers["access-control-allow-origin"] == allowed
+            assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = httpx.get(
+            server.url + "/connection/poll",
+            params={"channels": "chat:cors", "timeout": 0, "token": token()},
+            headers={"Origin": allowed},
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == allowed
+        foreign = httpx.options(
+            server.url + "/connection/poll", headers={**preflight, "Origin": "http://evil.example"}
+        )
+        assert "access-control-allow-origin" not in foreign.headers

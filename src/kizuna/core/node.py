@@ -120,6 +120,8 @@ class Node:
         """Connections per client IP, for max_connections_per_ip."""
         self.anonymous_allowed = any(ns.allow_anonymous for ns in self.options.namespaces.values())
         self.draining = False
+        self.stopping = asyncio.Event()
+        """Set when the node starts draining: held requests (long-polls) answer at once."""
         self._closed = False
         self.revocations = RevocationList()
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
@@ -156,6 +158,7 @@ class Node:
         reconnect to the remaining nodes at the same moment.
         """
         self.draining = True
+        self.stopping.set()
         clients = list(self.clients.values())
         random.shuffle(clients)
         step = window / len(clients) if clients else 0.0

@@ -61,6 +61,29 @@ def _timeout(values: list[str]) -> float:
     return timeout
 
 
+async def _wait(
+    published: asyncio.Event, stopping: asyncio.Event, request: Request, timeout: float
+) -> bool:
+    """Hold the poll until a publication (True), or until the timeout, the client
+    leaving or the node draining (False: answer now with the cursor as it is)."""
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waits = [
+        asyncio.ensure_future(published.wait()),
+        asyncio.ensure_future(stopping.wait()),
+        asyncio.ensure_future(client_gone()),
+    ]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    return published.is_set()
+
+
 def _error(exc: ProtocolError) -> Response:
     body = error_body(exc.code, exc.message)
     return Response(body, http_status(exc.code), media_type="application/json")
@@ -106,11 +129,8 @@ async def _poll(node: Node, settings: HandshakeSettings, request: Request) -> Re
         async with listen(node, channels) as published:
             result = await read_since(node, channels, cursor, limit)
             if not result.publications and not result.gaps:
-                try:
-                    await asyncio.wait_for(published.wait(), timeout)
-                except TimeoutError:
-                    pass
-                else:
+                woken = await _wait(published, node.stopping, request, timeout)
+                if woken:
                     result = await read_since(node, channels, result.positions, limit)
 
     pubs = [
