@@ -72,7 +72,9 @@ class Client:
         "_queued_bytes",
         "_refilled_at",
         "_refused",
+        "_scheduled",
         "_tokens",
+        "_write_nowait",
         "_writer",
         "credentials",
         "id",
@@ -108,6 +110,9 @@ class Client:
         """Encoded messages; memoryviews are publications a drop-oldest policy may shed."""
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
+        self._scheduled = False
+        """Queued messages wait for the node's flush or this connection's writer task."""
+        self._write_nowait = getattr(transport, "write_nowait", None)
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._tokens = float(node.options.command_burst)
         self._refilled_at = time.monotonic()
@@ -164,8 +169,9 @@ class Client:
         self._queued_bytes += len(data)
         if self._queued_bytes > self.node.options.client_queue_max_bytes:
             self._overflow()
-        elif self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        elif not self._scheduled:
+            self._scheduled = True
+            self.node.schedule_flush(self)
 
     def enqueue_droppable(self, data: memoryview) -> None:
         """Queue a publication that may be dropped, oldest first, when the queue is full.
@@ -193,14 +199,45 @@ class Client:
             if self._queued_bytes > limit:
                 self._overflow()
                 return
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        if not self._scheduled:
+            self._scheduled = True
+            self.node.schedule_flush(self)
 
     def _overflow(self) -> None:
         self._queue.clear()
         self._queued_bytes = 0
         self.node.events.slow_client(self.transport.name)
         self.close_soon(DisconnectCode.SLOW)
+
+    def flush_now(self) -> None:
+        """Write everything queued as one frame; called by the node once per loop turn.
+
+        The fast path writes synchronously (a transport with ``write_nowait``
+        and room in its buffer): no task, no await, nothing for the cyclic GC.
+        Otherwise — the peer is slow and the transport applies backpressure, or
+        the transport is only asynchronous — a writer task takes over until the
+        queue is empty.
+        """
+        if self.state is ClientState.CLOSED or not self._queue:
+            self._scheduled = False
+            return
+        write_nowait = self._write_nowait
+        if write_nowait is not None:
+            batch = self._queue
+            frame = _frame(batch)
+            try:
+                written = write_nowait(frame)
+            except Exception:
+                self._scheduled = False
+                self.close_soon(DisconnectCode.WRITE_ERROR)
+                return
+            if written:
+                self._queue = []
+                self._queued_bytes = 0
+                self._scheduled = False
+                self.node.events.frame_written(self.transport.name, len(batch), len(frame))
+                return
+        self._writer = self.node.loop.create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         events = self.node.events
@@ -209,15 +246,14 @@ class Client:
             while self._queue and self.state is not ClientState.CLOSED:
                 batch, self._queue = self._queue, []
                 self._queued_bytes = 0
-                first = batch[0]
-                frame = first if len(batch) == 1 and type(first) is bytes else b"\n".join(batch)
+                frame = _frame(batch)
                 await self.transport.write(frame)
                 events.frame_written(name, len(batch), len(frame))
         except Exception:
-            self._writer = None
             self.close_soon(DisconnectCode.WRITE_ERROR)
-        else:
+        finally:
             self._writer = None
+            self._scheduled = False
 
     @property
     def queued_bytes(self) -> int:
@@ -225,11 +261,12 @@ class Client:
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been handed to the transport."""
-        while self._writer is not None:
+        while self._scheduled and self.state is not ClientState.CLOSED:
             writer = self._writer
-            await asyncio.shield(writer)
-            if self._writer is writer:
-                break
+            if writer is None:
+                await asyncio.sleep(0)  # the node's flush runs on the next loop turn
+            else:
+                await asyncio.shield(writer)
 
     # --- inbound -------------------------------------------------------------------------
 
@@ -471,6 +508,12 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
+
+
+def _frame(batch: list[bytes | memoryview]) -> bytes:
+    """Queued messages as one newline-delimited frame (the shared bytes when there is one)."""
+    first = batch[0]
+    return first if len(batch) == 1 and type(first) is bytes else b"\n".join(batch)
 
 
 _HANDLERS: dict[type, Handler] = {

@@ -124,12 +124,15 @@ class Node:
         """Set when the node starts draining: held requests (long-polls) answer at once."""
         self._closed = False
         self.revocations = RevocationList()
+        self._dirty: list[Client] = []
+        self._flush_pending = False
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.broker.start(self)
         try:
             await self.broker.subscribe(CONTROL_CHANNEL)
@@ -181,6 +184,24 @@ class Node:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._closed = True
         await self.broker.close()
+
+    def schedule_flush(self, client: Client) -> None:
+        """Have ``client``'s queue written at the end of this loop turn.
+
+        One callback per turn for the whole node, however many connections got
+        messages: a fan-out to a thousand subscribers queues a thousand times,
+        then writes once per connection, coalescing whatever arrived meanwhile.
+        """
+        self._dirty.append(client)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._flush_pending = False
+        for client in dirty:
+            client.flush_now()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

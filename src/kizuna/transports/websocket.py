@@ -35,13 +35,41 @@ Send = Any
 class WebSocketTransport:
     """Transport port over an ASGI WebSocket ``send``."""
 
-    __slots__ = ("_closed", "_send")
+    __slots__ = ("_closed", "_protocol", "_send")
 
     name = "websocket"
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._closed = False
+        # uvicorn's send is a method of its websockets-sansio protocol object; with
+        # it, frames can be written without the ASGI round trip (see write_nowait).
+        protocol = getattr(send, "__self__", None)
+        fast = all(hasattr(protocol, a) for a in ("conn", "transport", "writable", "close_sent"))
+        self._protocol = protocol if fast else None
+
+    def write_nowait(self, frame: bytes) -> bool:
+        """Write a text frame now, if the connection is open and its buffer has room.
+
+        The fan-out's fast path (docs/decisions/0001-synchronous-writes.md): the
+        ``websockets`` protocol object frames the message — no decode to str and
+        encode back as the ASGI ``text`` field needs, no coroutine, no task.
+        False when the connection applies backpressure or is closing: the core
+        then falls back to :meth:`write`, which waits.
+        """
+        protocol = self._protocol
+        if (
+            protocol is None
+            or self._closed
+            or protocol.close_sent
+            or not protocol.writable.is_set()
+            or protocol.transport.is_closing()
+        ):
+            return False
+        conn = protocol.conn
+        conn.send_text(frame)
+        protocol.transport.write(b"".join(conn.data_to_send()))
+        return True
 
     async def write(self, frame: bytes) -> None:
         # Text frames: every browser and client library hands JSON text straight to the app.
