@@ -104,44 +104,37 @@ class HttpPublisher(Publisher):
 
     http: httpx.AsyncClient | None = None
     base_url: str = ""
+    path = "/connection/publish"
+
+    def auth(self) -> tuple[str, str | None]:
+        """The Authorization header, and the user the publication is attributed to."""
+        return f"Bearer {token(self.user)}", self.user
 
     async def burst(self, contents: list[str]) -> list[Sent]:
         assert self.http is not None
+        header, attributed = self.auth()
         sent = []
         for content in contents:
             data = chat_payload(self.user, content, self.stamp())
             response = await self.http.post(
-                f"{self.base_url}/connection/publish",
+                f"{self.base_url}{self.path}",
                 json={"channel": self.channel, "data": data},
-                headers={"Authorization": f"Bearer {token(self.user)}"},
+                headers={"Authorization": header},
             )
             assert response.status_code == 200, response.text
             result = response.json()["result"]
-            sent.append(Sent(self.name, data, result["offset"], result["epoch"], self.user))
+            sent.append(Sent(self.name, data, result["offset"], result["epoch"], attributed))
         return sent
 
 
 @dataclass
-class ApiPublisher(Publisher):
+class ApiPublisher(HttpPublisher):
     """The server HTTP API, ``POST /api/publish`` with the API key (a backend: no user)."""
 
-    http: httpx.AsyncClient | None = None
-    base_url: str = ""
+    path = "/api/publish"
 
-    async def burst(self, contents: list[str]) -> list[Sent]:
-        assert self.http is not None
-        sent = []
-        for content in contents:
-            data = chat_payload(self.user, content, self.stamp())
-            response = await self.http.post(
-                f"{self.base_url}/api/publish",
-                json={"channel": self.channel, "data": data},
-                headers={"Authorization": f"apikey {API_KEY}"},
-            )
-            assert response.status_code == 200, response.text
-            result = response.json()["result"]
-            sent.append(Sent(self.name, data, result["offset"], result["epoch"], None))
-        return sent
+    def auth(self) -> tuple[str, str | None]:
+        return f"apikey {API_KEY}", None
 
 
 @dataclass
