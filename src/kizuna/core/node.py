@@ -124,6 +124,8 @@ class Node:
         """Set when the node starts draining: held requests (long-polls) answer at once."""
         self._closed = False
         self.revocations = RevocationList()
+        self.loop: asyncio.AbstractEventLoop
+        """The event loop the node runs in; set by :meth:`start`."""
         self._dirty: list[Client] = []
         self._flush_pending = False
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
