@@ -20,7 +20,6 @@ more will arrive" into something a test can await instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import socket
@@ -35,7 +34,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.processes import API_KEY, JWT_SECRET, KizunaProcess
+from tests.support.processes import API_KEY, JWT_SECRET, KizunaProcess, end_child
 
 __all__ = [
     "NODE_DIR",
@@ -386,16 +385,7 @@ class NodeClient(WireClient):
 
     async def aclose(self) -> None:
         """Close the socket normally (EOF on stdin) and wait for the process to end."""
-        process = self.process
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await process.stdin.wait_closed()
-        try:
-            await asyncio.wait_for(process.wait(), TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await end_child(self.process, TIMEOUT)
 
 
 # --- a hand-made WebSocket client, for peers the libraries will not imitate --------------------

@@ -29,7 +29,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.processes import JWT_SECRET
+from tests.support.processes import JWT_SECRET, end_child
 
 __all__ = [
     "NODE_DIR",
@@ -135,16 +135,7 @@ class SioDriver:
         return SioSocket(self, name, first)
 
     async def aclose(self) -> None:
-        process = self.process
-        if process.returncode is None and process.stdin is not None:
-            process.stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await process.stdin.wait_closed()
-        try:
-            await asyncio.wait_for(process.wait(), TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await end_child(self.process, TIMEOUT)
 
 
 class SioSocket:

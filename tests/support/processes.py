@@ -8,6 +8,7 @@ the test that started it ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -30,6 +31,7 @@ __all__ = [
     "SMALL_HISTORY",
     "KizunaProcess",
     "RedisProcess",
+    "end_child",
     "free_port",
     "kizuna_command",
     "serve",
@@ -280,3 +282,16 @@ def write_config(directory: Path, text: str = NAMESPACES_TOML) -> Path:
     path = directory / "kizuna.toml"
     path.write_text(text)
     return path
+
+
+async def end_child(process: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
+    """End a driver subprocess the polite way — EOF on its stdin — or kill it after ``timeout``."""
+    if process.returncode is None and process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await process.stdin.wait_closed()
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
