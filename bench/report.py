@@ -143,7 +143,7 @@ def _overload(results: Results) -> list[str]:
         return []
     any_step = next(iter(rows.values()))
     lines = [
-        f"### Fan-out past the limit: {any_step['rate']:,} msg/s × "
+        f"### Fan-out at a fixed high rate: {any_step['rate']:,} msg/s × "
         f"{any_step['subscribers']:,} subscribers, one step after the ladder",
         "",
         "Lost = not delivered by the end of a 5 s drain after the last publication.",

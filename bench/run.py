@@ -1,6 +1,6 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (6–12 minutes)
+    .venv/bin/python -m bench.run                      # full run (8–10 minutes)
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
 

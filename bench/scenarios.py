@@ -7,7 +7,7 @@ fanout
     delivery latency's p99 is under the limit. A failing step is tried once more (the
     machine is shared: one noisy neighbour should not end the ladder); two failed rates
     in a row end it. The figures of merit are the highest passing rate, in deliveries per
-    second, and what a server does at one fixed rate past its limit (``overload_rate``):
+    second, and what a server does at one fixed high rate (``overload_rate``):
     deliver everything late, or lose messages or subscribers.
 
 idle
@@ -57,7 +57,7 @@ class Plan:
     rounds: int = 2
     overload_rate: int = 200
     """After the ladder, one step at this publish rate (msg/s; 0: none), the same for every
-    server and above where each one's ladder ends: does it still deliver everything?"""
+    server (above the peers' limits): does it still deliver everything?"""
     overload_drain_seconds: float = 5.0
     """Fan-out ladders per server, interleaved across servers; the best round counts."""
     p99_limit_ms: float = 100.0

@@ -428,9 +428,9 @@ async function fanout() {
     }
     if (gone || failedInARow >= (spec.stopAfter ?? 2)) break;
   }
-  // Past the limit: one step at a fixed rate above every server's ladder end, the same for
-  // all, with a longer drain. Does the server still deliver everything, late, or does it
-  // lose messages or subscribers?
+  // One step at a fixed high rate, the same for every server (above the peers' limits), with
+  // a longer drain. Does the server still deliver everything, late, or does it lose messages
+  // or subscribers?
   let overload = null;
   if (spec.overloadRate && subs.every((c) => c.ws.readyState === WebSocket.OPEN)) {
     await backlogDrained();
