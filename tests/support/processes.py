@@ -144,7 +144,8 @@ class KizunaProcess:
         if log is None:
             return self._output
         log.seek(0)  # type: ignore[attr-defined]
-        return log.read().decode(errors="replace")  # type: ignore[attr-defined]
+        data: bytes = log.read()  # type: ignore[attr-defined]
+        return data.decode(errors="replace")
 
     def _release_log(self) -> None:
         if self._log is not None:
