@@ -127,6 +127,37 @@ def _kizuna_gc_command(port: int, helpers: dict[str, int]) -> tuple[list[str], d
     return [sys.executable, "-c", GC_TUNED, *argv[argv.index("serve") :]], env
 
 
+# Tracing on at kizuna's default 10 % sampling, exporting OTLP/HTTP to a sink that discards
+# (a thread in the same process: its cost is counted against kizuna, so this overstates).
+OBSERVED = (
+    "import os, sys, threading; "
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "class Sink(BaseHTTPRequestHandler):\n"
+    "    def do_POST(self):\n"
+    "        self.rfile.read(int(self.headers['Content-Length']))\n"
+    "        self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()\n"
+    "    def log_message(self, *a): pass\n"
+    "sink = ThreadingHTTPServer(('127.0.0.1', 0), Sink)\n"
+    "threading.Thread(target=sink.serve_forever, daemon=True).start()\n"
+    "os.environ['OTEL_EXPORTER_OTLP_ENDPOINT'] = f'http://127.0.0.1:{sink.server_address[1]}'\n"
+    "os.environ['OTEL_TRACES_SAMPLER'] = 'parentbased_traceidratio'\n"
+    "os.environ['OTEL_TRACES_SAMPLER_ARG'] = '0.1'\n"
+    "from kizuna.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _kizuna_observed_command(
+    port: int, helpers: dict[str, int]
+) -> tuple[list[str], dict[str, str]]:
+    argv, env = _kizuna_command(port, helpers)
+    return [sys.executable, "-c", OBSERVED, *argv[argv.index("serve") :]], env
+
+
+def _kizuna_bare_command(port: int, helpers: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    argv, env = _kizuna_command(port, helpers)
+    return [*argv, "--no-metrics"], env
+
+
 def _py_websockets_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     script = BENCH_DIR / "peers" / "py_websockets_server.py"
     return [sys.executable, str(script), "--port", str(port)], {}
@@ -178,6 +209,27 @@ PEERS: dict[str, Peer] = {
             command=_kizuna_gc_command,
             description="as `kizuna`, started with gc.freeze() and "
             "gc.set_threshold(100000, 50, 1000) (an experiment, not a product setting)",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-bare",
+            protocol="kizuna",
+            command=_kizuna_bare_command,
+            description="as `kizuna`, with metrics off (--no-metrics) and tracing off",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-observed",
+            protocol="kizuna",
+            command=_kizuna_observed_command,
+            description="as `kizuna`, with metrics on and OpenTelemetry tracing at 10 % "
+            "sampling, exported over OTLP/HTTP to a discarding sink in the same process",
             fanout_channel="bench:fanout",
             idle_prefix="bench:room-",
             path="/connection/websocket",

@@ -105,7 +105,9 @@ class Config:
     )
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
     log_format: str = field(default="json", metadata=_doc("json or console"))
-    metrics: bool = field(default=True, metadata=_doc("serve /metrics"))
+    metrics: bool = field(
+        default=True, metadata=_doc("count metrics and serve /metrics and /dashboard/stats")
+    )
     websocket_compression: bool = field(
         default=False, metadata=_doc("permessage-deflate (costs memory per connection)")
     )

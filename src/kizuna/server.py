@@ -36,7 +36,7 @@ from kizuna.broker import create_broker
 from kizuna.config import Config
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
 from kizuna.core.node import Node
-from kizuna.observability import Metrics, Observer, get_logger
+from kizuna.observability import LogEvents, Metrics, Observer, get_logger
 from kizuna.observability.stats import snapshot
 from kizuna.observability.tracing import tracing_requested
 from kizuna.transports.common import HandshakeSettings
@@ -94,7 +94,8 @@ class Server:
             presence,
             authenticator=authenticator,
             options=config.node_options(),
-            events=Observer(self.metrics),
+            # metrics = false: no counting at all (the logs stay), e.g. to measure its cost.
+            events=Observer(self.metrics) if config.metrics else LogEvents(),
             tracer=self.tracer,
         )
         self.broker_up = 0.0

@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from kizuna.core.events import NoEvents
+
 __all__ = ["LogEvents", "configure_logging", "get_logger"]
 
 SERVICE = "kizuna"
@@ -82,8 +84,11 @@ def get_logger(name: str = "kizuna") -> Any:
     return structlog.get_logger(name)
 
 
-class LogEvents:
-    """Implements the log side of core.events.NodeEvents: one line per notable event."""
+class LogEvents(NoEvents):
+    """The log side of core.events.NodeEvents: one line per notable event, nothing per message.
+
+    Used alone when metrics are off (``metrics = false``), inside Observer otherwise.
+    """
 
     def __init__(self) -> None:
         self._log = get_logger("kizuna.node")
