@@ -34,7 +34,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.processes import API_KEY, JWT_SECRET, KizunaProcess, end_child
+from tests.support.processes import (
+    API_KEY,
+    JWT_SECRET,
+    KizunaProcess,
+    end_child,
+    read_json_line,
+)
 
 __all__ = [
     "NODE_DIR",
@@ -356,14 +362,7 @@ class NodeClient(WireClient):
         raise AssertionError(f"node client failed to open: {event}")
 
     async def _event(self) -> Message:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
-        if not line:
-            stderr = b""
-            if self.process.stderr is not None:
-                stderr = await self.process.stderr.read()
-            raise AssertionError(f"node client exited: {stderr.decode(errors='replace')}")
-        event: Message = json.loads(line)
+        event: Message = await read_json_line(self.process, "node client")
         return event
 
     async def send_raw(self, text: str) -> None:

@@ -29,7 +29,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.processes import JWT_SECRET, end_child
+from tests.support.processes import JWT_SECRET, end_child, read_json_line
 
 __all__ = [
     "NODE_DIR",
@@ -97,14 +97,7 @@ class SioDriver:
         await self.process.stdin.drain()
 
     async def _read(self) -> Event:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
-        if not line:
-            stderr = b""
-            if self.process.stderr is not None:
-                stderr = await self.process.stderr.read()
-            raise AssertionError(f"socket.io client process exited: {stderr.decode()}")
-        event: Event = json.loads(line)
+        event: Event = await read_json_line(self.process, "socket.io client process")
         return event
 
     async def expect(self, predicate: Callable[[Event], bool], within: float = TIMEOUT) -> Event:

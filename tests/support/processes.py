@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -34,6 +36,7 @@ __all__ = [
     "end_child",
     "free_port",
     "kizuna_command",
+    "read_json_line",
     "serve",
     "wait_for_port",
     "write_config",
@@ -296,3 +299,13 @@ async def end_child(process: asyncio.subprocess.Process, timeout: float = 10.0) 
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+async def read_json_line(process: asyncio.subprocess.Process, what: str) -> Any:
+    """The next JSON line a driver subprocess prints; fails with its stderr if it exited."""
+    assert process.stdout is not None
+    line = await process.stdout.readline()
+    if not line:
+        stderr = await process.stderr.read() if process.stderr is not None else b""
+        raise AssertionError(f"{what} exited: {stderr.decode(errors='replace')}")
+    return json.loads(line)

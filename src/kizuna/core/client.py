@@ -224,7 +224,7 @@ class Client:
         write_nowait = self._write_nowait
         if write_nowait is not None:
             batch = self._queue
-            frame = _frame(batch)
+            frame = codec.join_frame(batch)
             try:
                 written = write_nowait(frame)
             except Exception:
@@ -246,7 +246,7 @@ class Client:
             while self._queue and self.state is not ClientState.CLOSED:
                 batch, self._queue = self._queue, []
                 self._queued_bytes = 0
-                frame = _frame(batch)
+                frame = codec.join_frame(batch)
                 await self.transport.write(frame)
                 events.frame_written(name, len(batch), len(frame))
         except Exception:
@@ -508,12 +508,6 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
-
-
-def _frame(batch: list[bytes | memoryview]) -> bytes:
-    """Queued messages as one newline-delimited frame (the shared bytes when there is one)."""
-    first = batch[0]
-    return first if len(batch) == 1 and type(first) is bytes else b"\n".join(batch)
 
 
 _HANDLERS: dict[type, Handler] = {

@@ -22,7 +22,7 @@ channel and the same bytes go to every subscriber (see core/hub.py), so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -283,6 +283,11 @@ def encode_disconnect_push(code: int, reason: str, reconnect: bool) -> bytes:
     )
 
 
-def join_frame(messages: Iterable[bytes]) -> bytes:
-    """Coalesce queued messages into one frame, newline-delimited."""
-    return b"\n".join(messages)
+def join_frame(messages: Sequence[bytes | memoryview]) -> bytes:
+    """Coalesce queued messages into one frame, newline-delimited.
+
+    A single message is returned as is — the same bytes object every subscriber
+    of a fan-out shares — so the common case copies nothing.
+    """
+    first = messages[0]
+    return first if len(messages) == 1 and type(first) is bytes else b"\n".join(messages)
