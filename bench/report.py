@@ -141,20 +141,21 @@ def _overload(results: Results) -> list[str]:
     }
     if not rows:
         return []
-    any_step = next(iter(rows.values()))
     lines = [
-        f"### Fan-out at a fixed high rate: {any_step['rate']:,} msg/s × "
-        f"{any_step['subscribers']:,} subscribers, one step after the ladder",
+        "### Fan-out at a fixed high rate, one step after the ladder",
         "",
+        "Every server at the same publish rate (Socket.IO peers: at their scaled one). "
         "Lost = not delivered by the end of a 5 s drain after the last publication.",
         "",
-        "| server | offered deliveries/s | delivered/s | lost | disconnects | p50 ms | p99 ms "
-        "| max ms | server CPU % | waiting % (server / generator) |",
-        "| --- " + "| ---: " * 9 + "|",
+        "| server | publish msg/s | subscribers | offered deliveries/s | delivered/s | lost "
+        "| disconnects | p50 ms | p99 ms | max ms | server CPU % "
+        "| waiting % (server / generator) |",
+        "| --- " + "| ---: " * 11 + "|",
     ]
     for peer, s in rows.items():
         lines.append(
-            f"| {peer} | {_fmt(s['rate'] * s['subscribers'])} "
+            f"| {peer} | {_fmt(s['rate'])} | {_fmt(s['subscribers'])} "
+            f"| {_fmt(s['rate'] * s['subscribers'])} "
             f"| {_fmt(s['deliveriesPerSecond'])} | {_fmt(s['lost'])} | {s['disconnects']} "
             f"| {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
             f"| {_fmt(s['cpu']['server'])} | {_waiting(s['cpu'])} |"
@@ -245,6 +246,17 @@ def _profiles(results: Results) -> list[str]:
     return lines
 
 
+def _own_plans(plans: dict[str, dict[str, Any]]) -> list[str]:
+    """Peers whose fan-out ladder is scaled to them (Socket.IO), as the plan's footnote."""
+    if not plans:
+        return []
+    lines = ["Ladders scaled to the server (Peer.rate_scale):", ""]
+    for name, own in plans.items():
+        rates = ", ".join(str(r) for r in own["rates"])
+        lines.append(f"- **{name}**: rates {rates} msg/s; overload {own['overload_rate']} msg/s")
+    return [*lines, ""]
+
+
 def render(meta: dict[str, Any], peers: dict[str, str], results: Results, reference: str) -> str:
     lines = [
         f"## Run of {meta['date']}",
@@ -263,6 +275,7 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         "",
         f"Plan: {meta['plan']}",
         "",
+        *_own_plans(meta.get("plans", {})),
         *_fanout(results, reference),
         *_overload(results),
         *_cost(results, reference),

@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--profile", action="store_true", help="py-spy the Python servers")
-    parser.add_argument("--reference", default="kizuna", help="the numerator of the ratios")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="the numerator of the ratios (default: kizuna if it runs, else the first peer)",
+    )
     parser.add_argument("--server-cpu", default="0", help="core for servers ('none': no pin)")
     parser.add_argument("--loadgen-cpu", default="1", help="core for the load generator")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers")
@@ -175,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
+    reference = args.reference or ("kizuna" if "kizuna" in peers else peers[0])
+    # Socket.IO peers climb a ladder scaled to them, unless the command line named the rates.
+    plans = {
+        name: plan.scaled(
+            PEERS[name].rate_scale,
+            rates="rates" not in overrides,
+            overload="overload_rate" not in overrides,
+        )
+        for name in peers
+    }
+
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(out, _cpus(args.server_cpu), _cpus(args.loadgen_cpu))
@@ -184,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "revision": _revision(),
         "plan": json.dumps(dataclasses.asdict(plan)),
+        "plans": {
+            name: {"rates": p.rates, "overload_rate": p.overload_rate}
+            for name, p in plans.items()
+            if p != plan
+        },
         "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
     }
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -198,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
                 background = quiet.wait(label)
                 with running(PEERS[name], settings, label) as server:
-                    result = run_scenario(scenario, server, plan, settings, label, args.profile)
+                    result = run_scenario(
+                        scenario, server, plans[name], settings, label, args.profile
+                    )
                 result["round"] = round_no
                 result["background_cores"] = round(background, 2)
                 kept = results.setdefault(name, {})
@@ -206,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(
                     json.dumps({"meta": meta, "results": results}, indent=2)
                 )
-    report = render(meta, {n: PEERS[n].description for n in peers}, results, args.reference)
+    report = render(meta, {n: PEERS[n].description for n in peers}, results, reference)
     (out / "results.md").write_text(report)
     print(report)
     failed = [f"{p}/{s}" for p, r in results.items() for s, v in r.items() if not v.get("ok")]

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,18 @@ class Plan:
     idle_channels: int = 100
     connect_concurrency: int = 100
 
+    def scaled(self, factor: float, *, rates: bool = True, overload: bool = True) -> Plan:
+        """The same plan with its publish rates times ``factor`` (at least 1 msg/s each)."""
+        if factor == 1.0:
+            return self
+        changes: dict[str, Any] = {}
+        if rates:
+            scaled = [max(1, round(rate * factor)) for rate in self.rates]
+            changes["rates"] = list(dict.fromkeys(scaled))  # 0.4 and 0.6 must not both be 1
+        if overload and self.overload_rate:
+            changes["overload_rate"] = max(1, round(self.overload_rate * factor))
+        return replace(self, **changes)
+
 
 FULL = Plan()
 QUICK = Plan(
@@ -89,6 +101,7 @@ def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
         "scenario": scenario,
         "protocol": peer.protocol,
         "url": server.url,
+        "httpBase": server.http_base,
         "token": peer.token(),
         "serverPids": server.cpu_pids,
         "rssPid": server.pid,

@@ -1,8 +1,12 @@
-// kizuna's load generator: many WebSocket clients in one Node.js process, driven by a JSON spec.
+// kizuna's load generator: many clients in one Node.js process, driven by a JSON spec.
 //
 // Why Node and `ws`: the generator must not be the bottleneck, and one Node process on one core
 // parses WebSocket frames several times faster than a Python one. The harness (bench/run.py)
 // pins it to its own core, starts the servers, and reads the JSON lines this prints.
+//
+// Clients are WebSocket (`ws`: kizuna's native protocol, the guide's JSON protocol), Server-Sent
+// Events (Node's `http`: kizuna's /connection/sse) or Socket.IO (`socket.io-client`, WebSocket
+// transport only: kizuna's /socket.io/ and plain python-socketio).
 //
 // Usage: node loadgen.js SPEC.json      (see bench/scenarios.py for the spec's fields)
 //
@@ -15,6 +19,10 @@
 // * Subscribers find publications by scanning the raw frame for the marker `"B|`, so a kizuna
 //   frame that coalesces several newline-separated messages counts as several deliveries, and no
 //   frame is JSON-parsed on the hot path (the generator's CPU goes to the sockets, not to us).
+//   SSE subscribers scan the raw stream the same way, complete events only (a chunk may end in
+//   the middle of one: the rest waits for the next chunk). Socket.IO subscribers count
+//   `newMessage` events, reading the marker from the content string (socket.io-client has
+//   already parsed the packet: that is the client's cost, and it is the same for both servers).
 // * Latency goes into a fixed histogram (0.1 ms buckets up to 10 s, exact max), per step.
 // * CPU (this process and the server's pids, from /proc/PID/stat) is sampled over each step's
 //   publishing window, so a reader can check that the generator was not the one saturated.
@@ -22,7 +30,9 @@
 
 const fs = require('fs');
 const { performance } = require('perf_hooks');
+const http = require('http');
 const WebSocket = require('ws');
+const { io } = require('socket.io-client');
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 
@@ -162,33 +172,48 @@ function scanFrame(buf, client) {
       p++;
     }
     count++;
-    if (step === 0) {
-      if (!client.probed) {
-        client.probed = true;
-        probedCount++;
-      }
-    } else {
-      const st = stepStats(step);
-      if (st.closed) {
-        st.late++;
-      } else {
-        const latency = recvUs - sent;
-        st.received++;
-        if (latency > st.max) st.max = latency;
-        const bucket = Math.floor(latency / BUCKET_US);
-        st.hist[bucket < BUCKETS ? (bucket < 0 ? 0 : bucket) : BUCKETS - 1]++;
-      }
-    }
+    record(client, step, sent, recvUs);
     i = buf.indexOf(MARK, p);
   }
   return count;
 }
 
+// One publication delivered to `client`: a probe (step 0) or a measured one.
+function record(client, step, sent, recvUs) {
+  if (step === 0) {
+    if (!client.probed) {
+      client.probed = true;
+      probedCount++;
+    }
+    return;
+  }
+  const st = stepStats(step);
+  if (st.closed) {
+    st.late++;
+  } else {
+    const latency = recvUs - sent;
+    st.received++;
+    if (latency > st.max) st.max = latency;
+    const bucket = Math.floor(latency / BUCKET_US);
+    st.hist[bucket < BUCKETS ? (bucket < 0 ? 0 : bucket) : BUCKETS - 1]++;
+  }
+}
+
+// A publication's content string (`B|step|seq|sent|padding`), as a Socket.IO event carries it.
+function scanContent(text, client) {
+  if (typeof text !== 'string' || !text.startsWith('B|')) return 0;
+  const parts = text.split('|', 4);
+  record(client, Number(parts[1]), Number(parts[3]), nowUs());
+  return 1;
+}
+
 // --- protocol adapters ----------------------------------------------------------------------
 //
-// An adapter knows how to join a channel and how to publish on one server's protocol; the
-// scenarios only speak of "subscribe", "publish" and "ready". A new peer with a new protocol
-// adds an adapter here and a Peer entry in bench/peer.py.
+// An adapter knows how to open a connection (a subscriber on a channel, or a publisher:
+// channel null) and how to publish on one server's protocol; the scenarios only speak of
+// "subscribe", "publish" and "ready". A new peer with a new protocol adds an adapter here and a
+// Peer entry in bench/peer.py. Every client, whatever carries it, has the same fields and the
+// methods `isOpen()` and `terminate()` (see openClient).
 
 const PAD = 'x'.repeat(1024);
 
@@ -198,7 +223,8 @@ function content(step, seq) {
   return head.length >= size ? head : head + PAD.slice(0, size - head.length);
 }
 
-const adapters = {
+// WebSocket protocols: what to send once open, and how to read replies until ready.
+const wsProtocols = {
   // kizuna's native protocol: connect with a JWT, subscribe, publish; replies carry the id.
   kizuna: {
     open(client, channel) {
@@ -247,6 +273,40 @@ const adapters = {
   },
 };
 
+function wsAdapter(protocol) {
+  return {
+    connect: (client) => connectWebSocket(client, protocol),
+    publish: protocol.publish,
+  };
+}
+
+const adapters = {
+  kizuna: wsAdapter(wsProtocols.kizuna),
+  guide: wsAdapter(wsProtocols.guide),
+  // kizuna's SSE endpoint for subscribers (GET /connection/sse?channels=C, the token in an
+  // Authorization header); the publisher stays on kizuna's native WebSocket, so only the
+  // subscribers' transport differs from the `kizuna` adapter.
+  'kizuna-sse': {
+    connect(client) {
+      if (client.channel === null) connectWebSocket(client, wsProtocols.kizuna);
+      else connectSSE(client);
+    },
+    publish: wsProtocols.kizuna.publish,
+  },
+  // The guide's Socket.IO chat (section 3): joinRoom(room) with an ack, message({roomId,
+  // content}) → the room gets newMessage({userId, content, timestamp}). spec.url is the
+  // namespace's URL; spec.token, if any, goes in auth.token.
+  socketio: {
+    connect: connectSocketIO,
+    publish(client, room, text) {
+      client.socket.emit('message', { roomId: room, content: text }, (ack) => {
+        if (ack && ack.ok === false) client.errors++;
+        else client.acks++;
+      });
+    },
+  },
+};
+
 const adapter = adapters[spec.protocol];
 if (!adapter) throw new Error(`unknown protocol ${spec.protocol}`);
 
@@ -261,23 +321,16 @@ let shuttingDown = false;
 // connected). channel === null opens a publisher.
 function openClient(channel) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(spec.url, {
-      perMessageDeflate: false,
-      skipUTF8Validation: spec.skipUtf8 ?? true,
-      handshakeTimeout: 30000,
-    });
     let settled = false;
     const client = {
-      ws,
       channel,
       probed: false,
       isReady: false,
       received: 0,
       acks: 0,
       errors: 0,
-      send(obj) {
-        ws.send(JSON.stringify(obj));
-      },
+      isOpen: () => false,
+      terminate() {},
       ready() {
         client.isReady = true;
         if (!settled) {
@@ -290,35 +343,126 @@ function openClient(channel) {
         if (!settled) {
           settled = true;
           clearTimeout(timer);
-          ws.terminate();
+          client.terminate();
           reject(err);
         } else {
           client.errors++;
         }
       },
+      // The connection ended: a disconnect unless we are the ones closing everything.
+      closed(code) {
+        if (!shuttingDown) {
+          unexpectedCloses++;
+          disconnects[code] = (disconnects[code] || 0) + 1;
+        }
+        client.fail(new Error(`closed with ${code} before ready`));
+      },
     };
     const timer = setTimeout(() => client.fail(new Error('not ready after 30 s')), 30000);
-    ws.on('open', () => adapter.open(client, channel));
-    ws.on('message', (buf) => {
-      const n = scanFrame(buf, client);
-      client.received += n;
-      if (!client.isReady) {
-        adapter.control(client, buf);
-      } else if (channel === null) {
-        // Publisher: count acknowledgements and errors without parsing every reply.
-        client.acks += countOccurrences(buf, RESULT);
-        client.errors += countOccurrences(buf, ERROR);
+    adapter.connect(client);
+  });
+}
+
+function connectWebSocket(client, protocol) {
+  const ws = new WebSocket(spec.url, {
+    perMessageDeflate: false,
+    skipUTF8Validation: spec.skipUtf8 ?? true,
+    handshakeTimeout: 30000,
+  });
+  client.ws = ws;
+  client.isOpen = () => ws.readyState === WebSocket.OPEN;
+  client.terminate = () => ws.terminate();
+  client.send = (obj) => ws.send(JSON.stringify(obj));
+  ws.on('open', () => protocol.open(client, client.channel));
+  ws.on('message', (buf) => {
+    const n = scanFrame(buf, client);
+    client.received += n;
+    if (!client.isReady) {
+      protocol.control(client, buf);
+    } else if (client.channel === null) {
+      // Publisher: count acknowledgements and errors without parsing every reply.
+      client.acks += countOccurrences(buf, RESULT);
+      client.errors += countOccurrences(buf, ERROR);
+    }
+  });
+  ws.on('error', (err) => client.fail(err));
+  ws.on('close', (code) => client.closed(code));
+}
+
+// One SSE stream per subscriber, each on its own TCP connection (as browsers' EventSource).
+const sseAgent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+const EVENT_END = Buffer.from('\n\n');
+
+function connectSSE(client) {
+  const url = `${spec.httpBase}/connection/sse?channels=${encodeURIComponent(client.channel)}`;
+  const req = http.get(url, {
+    agent: sseAgent,
+    headers: { Authorization: `Bearer ${spec.token}`, Accept: 'text/event-stream' },
+  });
+  let open = false;
+  let rest = null; // the start of an event the last chunk cut off
+  client.isOpen = () => open;
+  client.terminate = () => req.destroy();
+  req.on('response', (res) => {
+    if (res.statusCode !== 200) {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => client.fail(new Error(`SSE ${res.statusCode}: ${body.slice(0, 100)}`)));
+      return;
+    }
+    open = true;
+    client.ready(); // subscribed or not yet: the probe publications prove every stream live
+    res.on('data', (chunk) => {
+      const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
+      const end = buf.lastIndexOf(EVENT_END);
+      if (end < 0) {
+        rest = buf;
+        return;
       }
+      rest = end + 2 < buf.length ? buf.subarray(end + 2) : null;
+      client.received += scanFrame(buf.subarray(0, end + 2), client);
     });
-    ws.on('error', (err) => client.fail(err));
-    ws.on('close', (code) => {
-      if (!shuttingDown) {
-        unexpectedCloses++;
-        disconnects[code] = (disconnects[code] || 0) + 1;
-      }
-      client.fail(new Error(`closed with ${code} before ready`));
+    res.on('close', () => {
+      open = false;
+      client.closed('sse-end');
     });
   });
+  req.on('error', (err) => {
+    open = false;
+    client.fail(err);
+  });
+}
+
+function connectSocketIO(client) {
+  const socket = io(spec.url, {
+    transports: ['websocket'],
+    forceNew: true, // one Engine.IO connection per client, not one shared by all
+    reconnection: false, // a lost subscriber is a disconnect, not a silent reconnect
+    perMessageDeflate: false,
+    timeout: 30000,
+    auth: spec.token ? { token: spec.token } : {},
+  });
+  client.socket = socket;
+  client.isOpen = () => socket.connected;
+  client.terminate = () => socket.disconnect();
+  socket.on('connect', () => {
+    if (client.channel === null) {
+      client.ready();
+      return;
+    }
+    socket.emit('joinRoom', client.channel, (ack) => {
+      if (ack && ack.ok === false) {
+        client.fail(new Error(`joinRoom refused: ${JSON.stringify(ack.error)}`));
+      } else {
+        client.ready();
+      }
+    });
+  });
+  socket.on('newMessage', (data) => {
+    client.received += scanContent(data && data.content, client);
+  });
+  socket.on('connect_error', (err) => client.fail(err));
+  socket.on('disconnect', (reason) => client.closed(reason));
 }
 
 const RESULT = Buffer.from('"result"');
@@ -369,7 +513,7 @@ async function probe(publisher, channels, subscribers, timeoutMs) {
 
 function closeAll(clients) {
   shuttingDown = true;
-  for (const c of clients) c.ws.terminate();
+  for (const c of clients) c.terminate();
 }
 
 // --- scenarios ------------------------------------------------------------------------------
@@ -432,7 +576,7 @@ async function fanout() {
   // a longer drain. Does the server still deliver everything, late, or does it lose messages
   // or subscribers?
   let overload = null;
-  if (spec.overloadRate && subs.every((c) => c.ws.readyState === WebSocket.OPEN)) {
+  if (spec.overloadRate && subs.every((c) => c.isOpen())) {
     await backlogDrained();
     const drain = spec.overloadDrainSeconds;
     overload = await runStep(++stepId, spec.overloadRate, publisher, subs, drain);
@@ -474,7 +618,7 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
   const seconds = spec.stepSeconds;
   const total = Math.max(1, Math.round(rate * seconds));
   const closesBefore = unexpectedCloses;
-  const live = subs.filter((c) => c.ws.readyState === WebSocket.OPEN).length;
+  const live = subs.filter((c) => c.isOpen()).length;
   const cpu0 = cpuSnapshot();
   const start = performance.now();
   let sent = 0;
@@ -488,7 +632,9 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
     tick();
   });
   const cpu1 = cpuSnapshot();
-  const publishSeconds = (performance.now() - start) / 1000;
+  // The step's window is sent / rate seconds, though its last message leaves 1 / rate earlier:
+  // at 1 msg/s, 3 messages take 2 s, and dividing by 2 s would claim 1.5 msg/s.
+  const publishSeconds = Math.max((performance.now() - start) / 1000, sent / rate);
   const expected = sent * live;
   await until(() => st.received >= expected, (drainSeconds ?? 3) * 1000);
   st.closed = true;
