@@ -99,13 +99,37 @@ class Peer:
     """Node dependencies to install (``npm ci``) before the first start."""
     redis: bool = False
     """Needs a private redis-server (started on a free port, pinned with the server)."""
+    jwt_secret: str = JWT_SECRET
+    """The HS256 secret the generator signs tokens with (a deployment's own, for --url)."""
+    fixed_token: str | None = None
+    """A token to use as is instead of signing one (``--token``: one shared by all)."""
 
-    def token(self) -> str:
-        if not (self.jwt or self.protocol in ("kizuna", "kizuna-sse")):
+    @property
+    def authenticated(self) -> bool:
+        """Its clients carry a JWT (kizuna's endpoints; the guide's peers have no auth)."""
+        return self.jwt or self.protocol in ("kizuna", "kizuna-sse")
+
+    def token(self, sub: str = "bench") -> str:
+        if not self.authenticated:
             return ""
+        if self.fixed_token is not None:
+            return self.fixed_token
         now = int(time.time())
-        claims = {"sub": "bench", "iat": now, "exp": now + 3600}
-        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+        claims = {"sub": sub, "iat": now, "exp": now + 3600}
+        return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
+
+    def tokens(self, count: int) -> list[str]:
+        """One token per connection (its own ``sub``), for the connect scenario.
+
+        Distinct tokens keep a server from answering the 5,000th verification from a
+        cache filled by the first; with ``fixed_token`` there is only that one.
+        Empty for protocols without authentication.
+        """
+        if not self.authenticated:
+            return []
+        if self.fixed_token is not None:
+            return [self.fixed_token]
+        return [self.token(f"bench-{i}") for i in range(count)]
 
 
 def _kizuna_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:

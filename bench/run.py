@@ -1,18 +1,23 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (8–10 minutes)
+    .venv/bin/python -m bench.run                      # full run (10–13 minutes)
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
+    .venv/bin/python -m bench.run --url ws://HOST:PORT/connection/websocket --jwt-secret S
 
 For each peer and each scenario: start the server fresh, pinned to the server core;
 run the Node load generator pinned to the other core; stop the server. Results go to
 ``--out`` (git-ignored): ``results.json``, ``results.md`` (the tables with ratios),
 the generator specs, every process's log, and the py-spy profiles.
+
+With ``--url`` no server is started: the scenarios run against a kizuna deployment
+that is already running (bench/external.py), unpinned, without server CPU or memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -25,12 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs
-from bench.peer import PEERS, Settings, running
+from bench import external, procs
+from bench.peer import PEERS, Peer, Settings, running
 from bench.report import render
-from bench.scenarios import FULL, QUICK, run_scenario
+from bench.scenarios import FULL, QUICK, Target, run_scenario
 
-SCENARIOS = ("fanout", "idle")
+SCENARIOS = ("fanout", "idle", "connect")
 PER_WAIT = 20.0
 """Longest wait for a quiet machine before one server's turn, in seconds."""
 DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
@@ -116,6 +121,52 @@ def _cpus(text: str) -> int | None:
     return None if text == "none" else int(text)
 
 
+def _add_external_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "an external target",
+        "run the scenarios against a kizuna deployment that is already running, instead of "
+        "starting servers (no pinning; the server's CPU and memory are not measured)",
+    )
+    group.add_argument("--url", help="the deployment's WebSocket URL (ws:// or wss://)")
+    group.add_argument("--jwt-secret", help="its HS256 secret: sign one token per connection")
+    group.add_argument("--token", help="or one token, shared by every connection")
+    group.add_argument(
+        "--namespace", default="chat", help="namespace of the bench channels (default: chat)"
+    )
+
+
+def _external_peer(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[Peer, str] | None:
+    """The --url target (checked), or None to start the peers as usual."""
+    if args.url is None:
+        if args.jwt_secret or args.token:
+            parser.error("--jwt-secret and --token go with --url")
+        return None
+    if args.peers:
+        parser.error("--url runs against the deployment only: no --peers")
+    if not args.url.startswith(("ws://", "wss://")):
+        parser.error(
+            "--url must be a ws:// or wss:// URL, e.g. ws://host:8000/connection/websocket"
+        )
+    try:
+        peer = external.external_peer(
+            args.url, jwt_secret=args.jwt_secret, token=args.token, namespace=args.namespace
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return peer, args.url
+
+
+def _serve(
+    name: str, settings: Settings, label: str, target: tuple[Peer, str] | None
+) -> contextlib.AbstractContextManager[Target]:
+    """Start peer ``name`` for one scenario, or attach to the external target."""
+    if target is not None:
+        return external.attached(*target)
+    return running(PEERS[name], settings, label)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
@@ -137,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float)
     parser.add_argument("--overload-rate", type=int, help="fan-out rate past the ladder (0: none)")
     parser.add_argument("--connections", type=int, help="idle connections")
+    parser.add_argument("--connects", type=int, help="connections per pass of the connect scenario")
+    parser.add_argument("--connect-passes", type=int, help="passes of the connect scenario")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
     parser.add_argument(
         "--quiet-below",
@@ -148,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-budget",
         type=float,
         default=None,
-        help="total seconds to wait for quiet (default 120; 0 with --quick)",
+        help="total seconds to wait for quiet (default 120; 0 with --quick or --url)",
     )
+    _add_external_options(parser)
     args = parser.parse_args(argv)
+    target = _external_peer(args, parser)
 
     plan = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
@@ -166,14 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides["idle_connections"] = args.connections
     if args.rounds:
         overrides["rounds"] = args.rounds
+    if args.connects:
+        overrides["connects"] = args.connects
+    if args.connect_passes:
+        overrides["connect_passes"] = args.connect_passes
     plan = dataclasses.replace(plan, **overrides)
 
     scenarios = [s for s in args.scenarios.split(",") if s]
     peers = [
         p for p in (args.peers or (QUICK_PEERS if args.quick else DEFAULT_PEERS)).split(",") if p
     ]
+    if target is not None:
+        peers = [external.NAME]
     for name in peers:
-        if name not in PEERS:
+        if target is None and name not in PEERS:
             parser.error(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     for name in scenarios:
         if name not in SCENARIOS:
@@ -183,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # Socket.IO peers climb a ladder scaled to them, unless the command line named the rates.
     plans = {
         name: plan.scaled(
-            PEERS[name].rate_scale,
+            (target[0] if target else PEERS[name]).rate_scale,
             rates="rates" not in overrides,
             overload="overload_rate" not in overrides,
         )
@@ -193,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(out, _cpus(args.server_cpu), _cpus(args.loadgen_cpu))
+    if target is not None:  # the deployment's cores are not ours to pin against
+        settings = Settings(out, None, None)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
@@ -206,8 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
     }
+    if target is not None:
+        meta["external"] = target[1]
+        meta["revision"] = "not known (an external deployment)"
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    budget = args.quiet_budget if args.quiet_budget is not None else (0 if args.quick else 120)
+    budget = args.quiet_budget
+    if budget is None:
+        budget = 0 if args.quick or target is not None else 120
     quiet = QuietWait(args.quiet_below, budget)
     # Scenario by scenario, round by round, server by server: a slow spell of the shared
     # machine then falls on every server's round, not on one server's whole ladder.
@@ -217,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in peers:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
                 background = quiet.wait(label)
-                with running(PEERS[name], settings, label) as server:
+                with _serve(name, settings, label, target) as server:
                     result = run_scenario(
                         scenario, server, plans[name], settings, label, args.profile
                     )
@@ -228,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(
                     json.dumps({"meta": meta, "results": results}, indent=2)
                 )
-    report = render(meta, {n: PEERS[n].description for n in peers}, results, reference)
+    described = {n: (target[0] if target else PEERS[n]).description for n in peers}
+    report = render(meta, described, results, reference)
     (out / "results.md").write_text(report)
     print(report)
     failed = [f"{p}/{s}" for p, r in results.items() for s, v in r.items() if not v.get("ok")]

@@ -15,7 +15,16 @@ idle
     probe publication on each channel. Memory per connection is the server's RSS
     after minus before, divided by N.
 
-Both stop by themselves: the ladder and every wait are bounded.
+connect
+    N connections opened with ``connect_concurrency`` handshakes in flight, each counted
+    when the server has answered it: kizuna's connect reply, after verifying that
+    connection's own JWT (one distinct token per connection, so nothing can be answered
+    from a cache); for the guide's servers, which have no authentication, the open
+    WebSocket. Figures: connections per second (connected / wall time), p50/p99 connect
+    latency, server CPU, failures. Every connection is then closed; ``connect_passes``
+    passes, the best counts.
+
+All stop by themselves: the ladder and every wait are bounded.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
+from bench.external import ExternalServer
 from bench.peer import BENCH_DIR, RunningServer, Settings, npm_ci
 
 __all__ = ["FULL", "QUICK", "Plan", "run_scenario"]
@@ -66,6 +76,11 @@ class Plan:
     idle_connections: int = 10_000
     idle_channels: int = 100
     connect_concurrency: int = 100
+    """Handshakes in flight (every scenario's connection phase; the connect scenario's load)."""
+    connects: int = 5000
+    """Connections the connect scenario opens in each pass."""
+    connect_passes: int = 3
+    """Passes of the connect scenario against the same server (each reported; the best counts)."""
 
     def scaled(self, factor: float, *, rates: bool = True, overload: bool = True) -> Plan:
         """The same plan with its publish rates times ``factor`` (at least 1 msg/s each)."""
@@ -92,10 +107,16 @@ QUICK = Plan(
     overload_rate=0,
     idle_connections=500,
     idle_channels=10,
+    connects=500,
+    connect_passes=2,
 )
 
 
-def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
+Target = RunningServer | ExternalServer
+"""A server the harness started, or a deployment someone else runs (``--url``)."""
+
+
+def _spec(scenario: str, server: Target, plan: Plan) -> dict[str, Any]:
     peer = server.peer
     spec: dict[str, Any] = {
         "scenario": scenario,
@@ -128,9 +149,20 @@ def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
             channels=plan.idle_channels,
             channelPrefix=peer.idle_prefix,
         )
+    elif scenario == "connect":
+        spec.update(_connect_spec(peer.tokens(plan.connects), plan))
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     return spec
+
+
+def _connect_spec(tokens: list[str], plan: Plan) -> dict[str, Any]:
+    """The connect scenario's fields; ``tokens``: one per connection (empty: no auth)."""
+    return {"connects": plan.connects, "connectPasses": plan.connect_passes, "tokens": tokens}
+
+
+PROFILE_FROM = {"fanout": "fanout: steps", "connect": "connect: "}
+"""Scenarios ``--profile`` records, from the generator's log line that starts the measured part."""
 
 
 class Profiler:
@@ -142,6 +174,8 @@ class Profiler:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.proc is not None:
+            return
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(pyspy).exists() and shutil.which(pyspy) is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
@@ -166,7 +200,7 @@ class Profiler:
 
 def run_scenario(
     scenario: str,
-    server: RunningServer,
+    server: Target,
     plan: Plan,
     settings: Settings,
     label: str,
@@ -184,7 +218,8 @@ def run_scenario(
         stdout=subprocess.PIPE,
     )
     profiler = None
-    if profile and server.peer.python and scenario == "fanout":
+    # Only a server of ours can be profiled: an external deployment (--url) has no pid.
+    if profile and scenario in PROFILE_FROM and server.peer.python and server.pid:
         profiler = Profiler(server.pid, settings.out / f"profile-{label}.txt")
     result: dict[str, Any] = {"ok": False, "error": "the load generator printed no result"}
     started = time.monotonic()
@@ -195,7 +230,7 @@ def run_scenario(
             kind = event.pop("event")
             if kind == "log":
                 _say(label, event["msg"])
-                if profiler is not None and event["msg"].startswith("fanout: steps"):
+                if profiler is not None and event["msg"].startswith(PROFILE_FROM[scenario]):
                     profiler.start()
             elif kind == "step":
                 _say(label, _step_line(event))
@@ -206,6 +241,7 @@ def run_scenario(
         if profiler is not None:
             profiler.stop()
         procs.stop(gen)
+        gen.stdout.close()
     result["seconds"] = round(time.monotonic() - started, 1)
     if profiler is not None:
         result["profile"] = str(profiler.output)
@@ -216,11 +252,12 @@ def run_scenario(
 
 def _step_line(step: dict[str, Any]) -> str:
     verdict = "pass" if step["pass"] else "FAIL"
+    server = step["cpu"]["server"]  # None for an external target: not ours to read
     return (
         f"{step['rate']:>5}/s x{step['subscribers']} {verdict}: "
         f"{step['deliveriesPerSecond']:>8} deliveries/s, lost {step['lost']}, "
         f"p50 {step['p50']} ms p99 {step['p99']} ms max {step['max']:.1f} ms, "
-        f"cpu server {step['cpu']['server']}% generator {step['cpu']['generator']}%"
+        f"cpu server {'—' if server is None else server}% generator {step['cpu']['generator']}%"
     )
 
 

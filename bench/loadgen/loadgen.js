@@ -90,6 +90,7 @@ function runDelaySeconds(pid) {
 }
 
 function rssKb(pid) {
+  if (pid === null || pid === undefined) return NaN; // an external target: not ours to read
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const match = /VmRSS:\s+(\d+) kB/.exec(status);
   return match ? Number(match[1]) : NaN;
@@ -107,13 +108,16 @@ function cpuSnapshot() {
   };
 }
 
+// With no server pids (an external target, --url) the server's figures are null, not 0.
 function cpuPercent(a, b) {
   const wall = (b.wall - a.wall) / 1000;
   const pct = (x, y) => Math.round(((y - x) / wall) * 1000) / 10;
   return {
     generator: pct(a.self, b.self),
     generatorSystem: pct(a.selfSystem, b.selfSystem),
-    server: Math.round(b.servers.reduce((s, v, i) => s + pct(a.servers[i], v), 0) * 10) / 10,
+    server: b.servers.length
+      ? Math.round(b.servers.reduce((s, v, i) => s + pct(a.servers[i], v), 0) * 10) / 10
+      : null,
     generatorWaiting: pct(a.selfWait, b.selfWait),
     serverWaiting: pct(a.serverWait, b.serverWait),
   };
@@ -125,7 +129,7 @@ function costPerDelivery(a, b, deliveries) {
   if (deliveries === 0) return { server: null, generator: null };
   const per = (x, y) => Math.round(((y - x) / deliveries) * 1e6 * 100) / 100;
   return {
-    server: b.servers.reduce((s, v, i) => s + per(a.servers[i], v), 0),
+    server: b.servers.length ? b.servers.reduce((s, v, i) => s + per(a.servers[i], v), 0) : null,
     generator: per(a.self, b.self),
   };
 }
@@ -228,7 +232,7 @@ const wsProtocols = {
   // kizuna's native protocol: connect with a JWT, subscribe, publish; replies carry the id.
   kizuna: {
     open(client, channel) {
-      client.send({ id: 1, method: 'connect', params: { token: spec.token } });
+      client.send({ id: 1, method: 'connect', params: { token: client.token ?? spec.token } });
       if (channel !== null) {
         client.send({ id: 2, method: 'subscribe', params: { channel } });
         client.waitFor = 2;
@@ -318,12 +322,13 @@ let unexpectedCloses = 0;
 let shuttingDown = false;
 
 // Open one connection; resolves once the adapter says it is subscribed (or, for a publisher,
-// connected). channel === null opens a publisher.
-function openClient(channel) {
+// connected). channel === null opens a publisher. `token` (kizuna) replaces the spec's shared one.
+function openClient(channel, token) {
   return new Promise((resolve, reject) => {
     let settled = false;
     const client = {
       channel,
+      token,
       probed: false,
       isReady: false,
       received: 0,
@@ -704,7 +709,140 @@ async function idle() {
   closeAll([...opened.clients, publisher]);
 }
 
-const scenarios = { fanout, idle };
+// --- scenario C: connect rate ---------------------------------------------------------------
+//
+// `connects` connections with `connectConcurrency` handshakes in flight. A connection counts as
+// connected when the server has answered it: for kizuna the connect reply, after the server
+// verified that connection's own JWT (spec.tokens: one per connection); for the guide's servers,
+// which authenticate nothing, the WebSocket being open. Latency runs from creating the socket
+// (TCP connect, HTTP upgrade, and for kizuna the connect command) to that answer. Then every
+// connection is closed cleanly and, after a pause, the next pass starts: `connectPasses` passes,
+// every one reported; the best counts (on a shared machine noise only ever slows a pass down).
+
+function sortedPercentile(sorted, q) {
+  if (sorted.length === 0) return null;
+  const rank = Math.min(sorted.length, Math.ceil(q * sorted.length));
+  return Math.round(sorted[rank - 1] * 100) / 100;
+}
+
+// Close every connection with a close frame and wait (bounded) until all are closed.
+async function closeCleanly(clients, timeoutMs = 30000) {
+  shuttingDown = true;
+  let closed = 0;
+  const t0 = performance.now();
+  for (const c of clients) {
+    if (c.ws.readyState === WebSocket.CLOSED) {
+      closed++;
+      continue;
+    }
+    c.ws.once('close', () => closed++);
+    c.ws.close(1000);
+  }
+  const all = await until(() => closed >= clients.length, timeoutMs);
+  const seconds = Math.round((performance.now() - t0) / 10) / 100;
+  if (!all) for (const c of clients) c.ws.terminate();
+  return { seconds, closed };
+}
+
+async function connectPass(pass) {
+  const n = spec.connects;
+  const tokens = spec.tokens || [];
+  const latencies = [];
+  const clients = [];
+  const errors = {};
+  let failed = 0;
+  let next = 0;
+  shuttingDown = false;
+  const cpu0 = cpuSnapshot();
+  const t0 = performance.now();
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      const token = tokens.length ? tokens[i % tokens.length] : undefined;
+      const started = performance.now();
+      try {
+        clients.push(await openClient(null, token));
+        latencies.push(performance.now() - started);
+      } catch (err) {
+        failed++;
+        const key = String(err.message || err).slice(0, 120);
+        errors[key] = (errors[key] || 0) + 1;
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(spec.connectConcurrency || 100, n) }, worker));
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu1 = cpuSnapshot();
+  // Still there a moment later? A server that answers and then drops is not connecting.
+  await sleep(spec.holdMs ?? 1000);
+  const dropped = clients.filter((c) => c.ws.readyState !== WebSocket.OPEN).length;
+  const closing = await closeCleanly(clients);
+  latencies.sort((a, b) => a - b);
+  return {
+    pass,
+    connections: n,
+    connected: clients.length,
+    failed,
+    errors,
+    seconds: Math.round(seconds * 1000) / 1000,
+    connectsPerSecond: Math.round(clients.length / seconds),
+    p50: sortedPercentile(latencies, 0.5),
+    p99: sortedPercentile(latencies, 0.99),
+    max: latencies.length ? Math.round(latencies[latencies.length - 1] * 100) / 100 : null,
+    cpu: cpuPercent(cpu0, cpu1),
+    cost: costPerDelivery(cpu0, cpu1, clients.length), // CPU µs per connection
+    dropped,
+    closeSeconds: closing.seconds,
+    closed: closing.closed,
+  };
+}
+
+async function connect() {
+  const n = spec.connects;
+  const tokens = spec.tokens || [];
+  const auth = tokens.length ? `${new Set(tokens).size} distinct JWT(s)` : 'no authentication';
+  log(`connect: ${n} connections, ${spec.connectConcurrency} in flight, ${auth}`);
+  const passes = [];
+  for (let pass = 1; pass <= (spec.connectPasses ?? 1); pass++) {
+    if (pass > 1) await sleep(spec.pauseMs ?? 1000); // let the server finish the closes
+    const r = await connectPass(pass);
+    passes.push(r);
+    log(
+      `connect: pass ${pass}: ${r.connected}/${n} in ${r.seconds} s = ${r.connectsPerSecond}/s, ` +
+        `p50 ${r.p50} ms p99 ${r.p99} ms max ${r.max} ms, failed ${r.failed}, ` +
+        `dropped ${r.dropped}, cpu server ${r.cpu.server ?? '—'}% generator ${r.cpu.generator}%, ` +
+        `closed ${r.closed} in ${r.closeSeconds} s`,
+    );
+  }
+  const clean = passes.filter((r) => r.failed === 0 && r.dropped === 0);
+  const pool = clean.length ? clean : passes;
+  const best = pool.reduce((a, b) => (b.connectsPerSecond > a.connectsPerSecond ? b : a));
+  const result = {
+    event: 'result',
+    ok: clean.length === passes.length,
+    scenario: 'connect',
+    connections: n,
+    concurrency: spec.connectConcurrency,
+    distinctTokens: new Set(tokens).size,
+    passes,
+    bestPass: best, // not `best`: run.py reads that as a fan-out step
+  };
+  if (!result.ok) {
+    const bad = passes.filter((r) => r.failed || r.dropped);
+    result.error = bad
+      .map((r) => `pass ${r.pass}: ${r.failed} failed, ${r.dropped} dropped`)
+      .join('; ');
+    result.errors = {};
+    for (const r of bad) {
+      for (const [key, count] of Object.entries(r.errors)) {
+        result.errors[key] = (result.errors[key] || 0) + count;
+      }
+    }
+  }
+  emit(result);
+}
+
+const scenarios = { fanout, idle, connect };
 
 scenarios[spec.scenario]()
   .then(() => setTimeout(() => process.exit(0), 200))
