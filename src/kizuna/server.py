@@ -39,7 +39,7 @@ from kizuna.core.node import Node
 from kizuna.observability import LogEvents, Metrics, Observer, get_logger
 from kizuna.observability.stats import snapshot
 from kizuna.observability.tracing import tracing_requested
-from kizuna.transports.common import HandshakeSettings
+from kizuna.transports.common import RAW_SEND, HandshakeSettings
 from kizuna.transports.http_api import api_routes, json_response
 from kizuna.transports.http_guard import guarded_http_protocol
 from kizuna.transports.http_publish import publish_route
@@ -52,6 +52,7 @@ from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol
 __all__ = ["Server", "build_server", "dev_secret"]
 
 WEBSOCKET_PATH = "/connection/websocket"
+SSE_PATH = "/connection/sse"
 SOCKETIO_PREFIX = "/socket.io/"
 TRANSPORTS = ("websocket", "sse", "longpoll", "http", "socketio", "grpc")
 """The metrics' transport label values."""
@@ -119,7 +120,7 @@ class Server:
         routes: list[Any] = [
             Route("/healthz", self._healthz),
             Route("/readyz", self._readyz),
-            Route("/connection/sse", SSEEndpoint(node, handshake), methods=["GET"]),
+            Route(SSE_PATH, SSEEndpoint(node, handshake), methods=["GET"]),
             longpoll_route(node, handshake),
             publish_route(node, handshake, self.config.max_message_size),
         ]
@@ -180,6 +181,8 @@ class Server:
             # python-engineio matches on the full path, so it is not mounted under Starlette.
             await self.socketio(scope, receive, send)
         else:
+            if scope.get("path") == SSE_PATH:
+                scope[RAW_SEND] = send  # the stream's body chunks may skip the middleware
             await self.http(scope, receive, send)
 
     @staticmethod

@@ -12,33 +12,20 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-import uvicorn
 import websockets
 
-from kizuna.config import load_config
 from kizuna.core.auth import mint_token
-from kizuna.server import build_server
 from kizuna.transports.websocket_protocol import WritableFlag
-from tests.support.processes import JWT_SECRET, free_port
+from tests.support.inprocess import serving
+from tests.support.processes import JWT_SECRET
 
 CONNECTIONS = 20
 
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
-    port = free_port()
-    config = load_config(
-        env={},
-        overrides={"port": port, "grpc_port": 0, "jwt_secret": JWT_SECRET, "log_level": "warning"},
-    )
-    server = uvicorn.Server(build_server(config).uvicorn_config())
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "the server stopped before it started"
-        await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}/connection/websocket"
-    server.should_exit = True
-    await asyncio.wait_for(serving, 15)
+    async with serving() as (_, port):
+        yield f"ws://127.0.0.1:{port}/connection/websocket"
 
 
 async def command(ws: websockets.ClientConnection, cid: int, method: str, **params: object) -> dict:  # type: ignore[type-arg]

@@ -21,6 +21,7 @@ from kizuna.protocol.codes import ErrorCode
 from kizuna.protocol.handshake import origin_allowed, parse_query, token_from_request
 
 __all__ = [
+    "RAW_SEND",
     "HandshakeSettings",
     "HandshakeVerdict",
     "anonymous_refused",
@@ -33,6 +34,15 @@ __all__ = [
 ]
 
 TOKEN_COOKIE = "kizuna_token"
+
+RAW_SEND = "kizuna.raw_send"
+"""Scope key for the ASGI server's own ``send``, put there before any middleware wraps it.
+
+A streaming endpoint (SSE) writes its first message, the response start, through
+the middleware (CORS adds its headers there); the body chunks that follow pass
+through the wrappers unchanged, so it may write them through the server's send —
+or, with uvicorn, straight to the socket (see sse.py).
+"""
 
 
 @dataclass(frozen=True, slots=True)

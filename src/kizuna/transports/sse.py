@@ -39,6 +39,7 @@ from kizuna.protocol.cursor import decode_cursor, encode_cursor
 from kizuna.protocol.handshake import parse_query
 from kizuna.protocol.messages import StreamPosition
 from kizuna.transports.common import (
+    RAW_SEND,
     HandshakeSettings,
     anonymous_refused,
     channels_param,
@@ -85,17 +86,57 @@ def _marker(kind: str, channel: str, position: StreamPosition) -> bytes:
 class SSETransport:
     """Turns queued frames into SSE events, keeping the cursor the event ids carry."""
 
-    __slots__ = ("_closed", "_said_goodbye", "_send", "positions")
+    __slots__ = ("_closed", "_cycle", "_said_goodbye", "_send", "positions")
 
     name = TRANSPORT
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, raw_send: Any = None) -> None:
         self._send = send
         self._closed = False
         self._said_goodbye = False  # a disconnect push (drain advice) was already written
         self.positions: dict[str, StreamPosition] = {}
+        # uvicorn's raw send is a method of its request-response cycle; with it, body
+        # chunks can be written without the ASGI round trip (see write_nowait).
+        cycle = getattr(raw_send, "__self__", None)
+        fast = all(
+            hasattr(cycle, a)
+            for a in ("transport", "flow", "chunked_encoding", "response_complete", "disconnected")
+        )
+        self._cycle = cycle if fast else None
+
+    def write_nowait(self, frame: bytes) -> bool:
+        """Write the frame's events now as one chunk, if the response has room for them.
+
+        The fan-out's fast path, as for WebSocket (docs/decisions/0001-synchronous-
+        writes.md): no writer task and no trip through the middleware's send wrappers
+        per subscriber. It writes what uvicorn's ``send`` would write for a body
+        message of a chunked response: ``<size in hex>\r\n<body>\r\n``. False when
+        the connection applies backpressure, has ended, or is not uvicorn's: the core
+        then falls back to :meth:`write`.
+        """
+        cycle = self._cycle
+        if (
+            cycle is None
+            or self._closed
+            or cycle.disconnected
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+            or cycle.transport.is_closing()
+        ):
+            return False
+        body = self._events(frame)
+        if body:
+            cycle.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return True
 
     async def write(self, frame: bytes) -> None:
+        body = self._events(frame)
+        if body:
+            await self._body(body)
+
+    def _events(self, frame: bytes) -> bytes:
+        """The SSE events for one frame of queued lines (and the cursor they move)."""
         if b"\xe2\x80\xa8" in frame or b"\xe2\x80\xa9" in frame or b"\xc2\x85" in frame:
             frame = _escape_line_separators(frame)
         events = []
@@ -117,8 +158,7 @@ class SSETransport:
                 continue
             cursor = encode_cursor(self.positions).encode()
             events.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, kind.encode(), line))
-        if events:
-            await self._body(b"".join(events))
+        return b"".join(events)
 
     async def comment(self, text: str) -> None:
         await self._body(b": " + text.encode() + b"\n\n")
@@ -156,7 +196,7 @@ class SSEEndpoint:
             await _send_error(send, exc)
             return
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-        transport = SSETransport(send)
+        transport = SSETransport(send, scope.get(RAW_SEND))
         client = Client(node, transport, remote_addr=verdict.remote_addr)
         if not await client.accept(verdict.credentials):
             return

@@ -1,0 +1,72 @@
+"""SSE's synchronous write path: taken under uvicorn, same stream as the ASGI path.
+
+The server runs in the test's loop (tests/support/inprocess.py), so the test can
+see which path each stream's transport takes; the reader is httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+
+from kizuna.core.auth import mint_token
+from kizuna.protocol.cursor import decode_cursor
+from kizuna.server import Server
+from kizuna.transports.sse import SSETransport
+from tests.support.inprocess import serving
+from tests.support.processes import JWT_SECRET
+from tests.transports.sse_reader import events
+
+
+def sse_transports(server: Server) -> list[SSETransport]:
+    return [
+        c.transport for c in server.node.clients.values() if isinstance(c.transport, SSETransport)
+    ]
+
+
+async def read_pubs(response: httpx.Response, count: int) -> list[tuple[str, Any]]:
+    got: list[tuple[str, Any]] = []
+    async for event in events(response):
+        if event.event == "pub":
+            assert event.id is not None
+            got.append((event.id, event.data))
+            if len(got) == count:
+                return got
+    raise AssertionError(f"the stream ended after {len(got)} of {count} publications")
+
+
+async def test_publications_take_the_synchronous_path_and_keep_their_cursor() -> None:
+    async with (
+        serving() as (server, port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as http,
+    ):
+        token = mint_token(JWT_SECRET, "reader")
+        url = f"/connection/sse?channels=chat:fast&token={token}"
+        async with http.stream("GET", url) as response:
+            assert response.status_code == 200
+            for _ in range(100):
+                if sse_transports(server):
+                    break
+                await asyncio.sleep(0.02)
+            [transport] = sse_transports(server)
+            taken = 0
+            write_nowait = transport.write_nowait
+
+            def counting(frame: bytes) -> bool:
+                nonlocal taken
+                written = write_nowait(frame)
+                taken += written
+                return written
+
+            client = next(c for c in server.node.clients.values() if c.transport is transport)
+            client._write_nowait = counting  # what Client.flush_now calls (a slot)
+            for n in range(5):
+                await server.node.publish("chat:fast", orjson.dumps({"n": n}))
+            pubs = await asyncio.wait_for(read_pubs(response, 5), 10)
+    assert taken >= 1, "no frame went through write_nowait"
+    assert [data["data"] for _, data in pubs] == [{"n": n} for n in range(5)]
+    offsets = [decode_cursor(cursor)["chat:fast"].offset for cursor, _ in pubs]
+    assert offsets == [data["offset"] for _, data in pubs] == sorted(offsets)
