@@ -12,6 +12,7 @@ dashboards and alert rules work as written; they count every transport, with a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -171,6 +172,8 @@ class Metrics:
         )
         self._writes: dict[str, tuple[Any, Any, Any]] = {}
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
+        self._unwritten: dict[str, list[int]] = {}
+        """Frames written this loop turn, per transport: [messages, frames, bytes]."""
 
     def prepare(self, transports: list[str], namespaces: list[str]) -> None:
         """Export every known label set at 0 from the start.
@@ -247,6 +250,32 @@ class Metrics:
         self.dropped.labels(transport).inc(count)
 
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
+        """Count one written frame: tallied in plain ints, added to the counters once per turn.
+
+        A fan-out writes one frame per subscriber; three Prometheus increments (each
+        takes a lock) per frame were a measurable share of the fan-out's CPU, three
+        integer additions are not. The counters lag by at most one loop turn.
+        """
+        tally = self._unwritten.get(transport)
+        if tally is None:
+            if not self._unwritten:
+                try:
+                    asyncio.get_running_loop().call_soon(self.flush_writes)
+                except RuntimeError:  # no loop (a test or a tool): count at once
+                    self._count_writes(transport, messages, 1, nbytes)
+                    return
+            tally = self._unwritten[transport] = [0, 0, 0]
+        tally[0] += messages
+        tally[1] += 1
+        tally[2] += nbytes
+
+    def flush_writes(self) -> None:
+        """Add the tallied frames to the counters (scheduled by :meth:`frame_written`)."""
+        unwritten, self._unwritten = self._unwritten, {}
+        for transport, (messages, frames, nbytes) in unwritten.items():
+            self._count_writes(transport, messages, frames, nbytes)
+
+    def _count_writes(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
         bound = self._writes.get(transport)
         if bound is None:
             bound = self._writes[transport] = (
@@ -255,7 +284,7 @@ class Metrics:
                 self.bytes_sent.labels(transport),
             )
         bound[0].inc(messages)
-        bound[1].inc()
+        bound[1].inc(frames)
         bound[2].inc(nbytes)
 
     def recovery(self, recovered: bool) -> None:
