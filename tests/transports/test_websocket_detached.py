@@ -15,7 +15,8 @@ import pytest
 import websockets
 
 from kizuna.core.auth import mint_token
-from kizuna.transports.websocket_protocol import WritableFlag
+from kizuna.server import Server
+from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol, WritableFlag
 from tests.support.inprocess import serving
 from tests.support.processes import JWT_SECRET
 
@@ -23,9 +24,14 @@ CONNECTIONS = 20
 
 
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
-    async with serving() as (_, port):
-        yield f"ws://127.0.0.1:{port}/connection/websocket"
+async def served() -> AsyncIterator[tuple[Server, str]]:
+    async with serving() as (server, port):
+        yield server, f"ws://127.0.0.1:{port}/connection/websocket"
+
+
+@pytest.fixture
+def url(served: tuple[Server, str]) -> str:
+    return served[1]
 
 
 async def command(ws: websockets.ClientConnection, cid: int, method: str, **params: object) -> dict:  # type: ignore[type-arg]
@@ -72,6 +78,21 @@ async def test_open_connections_keep_no_asgi_task(url: str) -> None:
                 break
     for ws in sockets:
         await ws.close()
+
+
+async def test_an_open_connection_keeps_nothing_of_its_handshake(
+    served: tuple[Server, str],
+) -> None:
+    server, url = served
+    ws = await connected(url, "lean")
+    [client] = [c for c in server.node.clients.values() if c.user == "lean"]
+    protocol = client.transport.protocol  # type: ignore[attr-defined]
+    assert isinstance(protocol, DetachableWebSocketProtocol) and protocol.detached
+    assert protocol.scope is None and protocol.request is None and protocol.response is None
+    # websockets' handshake parser would keep the request (all its headers) as a local.
+    assert "request" not in protocol.conn.parser.gi_frame.f_locals
+    assert (await command(ws, 2, "ping"))["id"] == 2  # frames still parse
+    await ws.close()
 
 
 async def test_commands_sent_just_before_closing_still_run(url: str) -> None:

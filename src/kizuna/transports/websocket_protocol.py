@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol as FrameProtocol
+from websockets.protocol import State
 
 __all__ = ["DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
 
@@ -151,6 +153,23 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         # The handshake is over; its request, response and scope only held memory.
         self.request = self.response = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
+        self._restart_frame_parser()
+
+    def _restart_frame_parser(self) -> None:
+        """Let go of the handshake request that websockets' parser keeps (≈ 2 KB).
+
+        ``ServerProtocol.parse`` reads the request into a local variable and then
+        runs ``Protocol.parse`` (frames) inside the same generator, so the request
+        and all its headers live as long as the connection. With nothing buffered,
+        that generator is at a frame boundary waiting for a frame's first bytes —
+        exactly where a fresh ``Protocol.parse`` starts — so swapping it in changes
+        nothing but the memory. With bytes buffered (a client that sent frames
+        before seeing the 101) the parser stays as it is.
+        """
+        conn = self.conn
+        if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
+            conn.parser = FrameProtocol.parse(conn)
+            next(conn.parser)
 
     def resume_after_frames(self) -> None:
         """The inbox has caught up: read again (uvicorn's ``receive()`` does this under ASGI)."""
