@@ -1,6 +1,7 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (8–10 minutes)
+    .venv/bin/python -m bench.run                      # full run (15–20 minutes)
+    .venv/bin/python -m bench.run --scenarios xnode    # issue #7's scenario X alone
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
 
@@ -13,6 +14,7 @@ the generator specs, every process's log, and the py-spy profiles.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -26,15 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.peer import PEERS, Settings, running
+from bench.peer import PEERS, REDIS_TWINS, RunningServer, Settings, running, running_nodes
 from bench.report import render
-from bench.scenarios import FULL, QUICK, run_scenario
+from bench.scenarios import FULL, QUICK, Plan, run_scenario
 
-SCENARIOS = ("fanout", "idle")
+SCENARIOS = ("fanout", "idle", "xnode", "channels")
+LADDERS = ("fanout", "xnode")
+"""Scenarios that climb a rate ladder: run in rounds, the best round counts."""
+SCENARIO_PEERS = {
+    "xnode": "kizuna-redis,seed-node,py-websockets-redis",
+    "channels": "kizuna,kizuna-redis,py-websockets,py-websockets-redis,seed-node",
+}
+"""Who runs a scenario when --peers is not given (otherwise DEFAULT_PEERS)."""
 PER_WAIT = 20.0
 """Longest wait for a quiet machine before one server's turn, in seconds."""
 DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
 QUICK_PEERS = "kizuna,py-websockets"
+QUICK_SCENARIOS = "fanout,idle"
 
 
 def _machine() -> str:
@@ -116,11 +126,56 @@ def _cpus(text: str) -> int | None:
     return None if text == "none" else int(text)
 
 
+# --- multi-node scenarios (xnode) ---------------------------------------------------------
+
+
+def _scenario_peers(scenario: str, peers: list[str]) -> list[str]:
+    """The peers a scenario runs: for xnode, each one's Redis-backed twin (or none)."""
+    if scenario != "xnode":
+        return peers
+    chosen: list[str] = []
+    for name in peers:
+        twin = name if PEERS[name].redis else REDIS_TWINS.get(name)
+        if twin is None:
+            print(f"[xnode] skipping {name}: it has no Redis broker", file=sys.stderr)
+        elif twin not in chosen:
+            chosen.append(twin)
+    return chosen
+
+
+def _reference_of(scenario: str, reference: str) -> str:
+    return REDIS_TWINS.get(reference, reference) if scenario == "xnode" else reference
+
+
+def _serve(
+    scenario: str, name: str, plan: Plan, settings: Settings, label: str
+) -> contextlib.AbstractContextManager[RunningServer]:
+    if scenario == "xnode":
+        return running_nodes(PEERS[name], settings, label, plan.xnode_nodes, plan.xnode_idle_nodes)
+    return running(PEERS[name], settings, label)
+
+
+def _half_rate(scenario: str, name: str, reference: str, results: dict[str, Any]) -> int:
+    """xnode: every server's extra step runs at half the reference's best rate so far.
+
+    The reference itself (run first) uses half its own; 0 leaves it to the generator.
+    """
+    if scenario != "xnode" or name == reference:
+        return 0
+    kept = results.get(reference, {}).get(scenario)
+    best = kept.get("best") if kept and kept.get("ok") else None
+    return int(best["rate"]) // 2 if best else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"default: {','.join(SCENARIOS)} ({QUICK_SCENARIOS} with --quick)",
+    )
     parser.add_argument("--peers", default=None, help=f"default: {DEFAULT_PEERS}")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
@@ -134,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-rate", type=int, help="fan-out rate past the ladder (0: none)")
     parser.add_argument("--connections", type=int, help="idle connections")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
+    parser.add_argument("--channel-subscribers", type=int, help="channels: connections")
+    parser.add_argument("--channel-rate", type=int, help="channels: publications per second")
     parser.add_argument(
         "--quiet-below",
         type=float,
@@ -162,18 +219,29 @@ def main(argv: list[str] | None = None) -> int:
         overrides["idle_connections"] = args.connections
     if args.rounds:
         overrides["rounds"] = args.rounds
+    if args.channel_subscribers:
+        overrides["channel_subscribers"] = args.channel_subscribers
+    if args.channel_rate:
+        overrides["channel_rate"] = args.channel_rate
     plan = dataclasses.replace(plan, **overrides)
 
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    peers = [
-        p for p in (args.peers or (QUICK_PEERS if args.quick else DEFAULT_PEERS)).split(",") if p
-    ]
+    asked = args.scenarios or (QUICK_SCENARIOS if args.quick else ",".join(SCENARIOS))
+    scenarios = [s for s in asked.split(",") if s]
+    default = QUICK_PEERS if args.quick else DEFAULT_PEERS
+    peers = [p for p in (args.peers or default).split(",") if p]
     for name in peers:
         if name not in PEERS:
             parser.error(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     for name in scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    runs = {
+        scenario: _scenario_peers(
+            scenario,
+            peers if args.peers or args.quick else SCENARIO_PEERS.get(scenario, default).split(","),
+        )
+        for scenario in scenarios
+    }
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -192,13 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     # Scenario by scenario, round by round, server by server: a slow spell of the shared
     # machine then falls on every server's round, not on one server's whole ladder.
     for scenario in scenarios:
-        rounds = plan.rounds if scenario == "fanout" else 1
+        rounds = plan.rounds if scenario in LADDERS else 1
+        reference = _reference_of(scenario, args.reference)
+        # The reference first: xnode's half-rate step of the others depends on its result.
+        order = sorted(runs[scenario], key=lambda n: n != reference)
         for round_no in range(1, rounds + 1):
-            for name in peers:
+            for name in order:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
                 background = quiet.wait(label)
-                with running(PEERS[name], settings, label) as server:
-                    result = run_scenario(scenario, server, plan, settings, label, args.profile)
+                half = _half_rate(scenario, name, reference, results)
+                step_plan = dataclasses.replace(plan, half_rate=half)
+                with _serve(scenario, name, step_plan, settings, label) as server:
+                    result = run_scenario(
+                        scenario, server, step_plan, settings, label, args.profile
+                    )
                 result["round"] = round_no
                 result["background_cores"] = round(background, 2)
                 kept = results.setdefault(name, {})
@@ -206,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(
                     json.dumps({"meta": meta, "results": results}, indent=2)
                 )
-    report = render(meta, {n: PEERS[n].description for n in peers}, results, args.reference)
+    ran = dict.fromkeys(name for names in runs.values() for name in names)
+    report = render(meta, {n: PEERS[n].description for n in ran}, results, args.reference)
     (out / "results.md").write_text(report)
     print(report)
     failed = [f"{p}/{s}" for p, r in results.items() for s, v in r.items() if not v.get("ok")]

@@ -92,6 +92,7 @@ function cpuSnapshot() {
     self: (self.user + self.system) / 1e6,
     selfSystem: self.system / 1e6,
     servers: (spec.serverPids || []).map(procCpuSeconds),
+    redis: (spec.redisPids || []).map(procCpuSeconds),
     selfWait: runDelaySeconds(process.pid),
     serverWait: runDelaySeconds((spec.serverPids || [process.pid])[0]),
   };
@@ -100,13 +101,18 @@ function cpuSnapshot() {
 function cpuPercent(a, b) {
   const wall = (b.wall - a.wall) / 1000;
   const pct = (x, y) => Math.round(((y - x) / wall) * 1000) / 10;
-  return {
+  const cpu = {
     generator: pct(a.self, b.self),
     generatorSystem: pct(a.selfSystem, b.selfSystem),
     server: Math.round(b.servers.reduce((s, v, i) => s + pct(a.servers[i], v), 0) * 10) / 10,
     generatorWaiting: pct(a.selfWait, b.selfWait),
     serverWaiting: pct(a.serverWait, b.serverWait),
   };
+  // Redis, when the server has one: already in `server`, also shown on its own.
+  if (b.redis.length) {
+    cpu.redis = Math.round(b.redis.reduce((s, v, i) => s + pct(a.redis[i], v), 0) * 10) / 10;
+  }
+  return cpu;
 }
 
 // CPU microseconds per delivery, over the whole step (publishing and drain): unlike latency,
@@ -114,10 +120,12 @@ function cpuPercent(a, b) {
 function costPerDelivery(a, b, deliveries) {
   if (deliveries === 0) return { server: null, generator: null };
   const per = (x, y) => Math.round(((y - x) / deliveries) * 1e6 * 100) / 100;
-  return {
+  const cost = {
     server: b.servers.reduce((s, v, i) => s + per(a.servers[i], v), 0),
     generator: per(a.self, b.self),
   };
+  if (b.redis.length) cost.redis = b.redis.reduce((s, v, i) => s + per(a.redis[i], v), 0);
+  return cost;
 }
 
 // --- per-step delivery statistics -----------------------------------------------------------
@@ -257,11 +265,11 @@ const disconnects = {};
 let unexpectedCloses = 0;
 let shuttingDown = false;
 
-// Open one connection; resolves once the adapter says it is subscribed (or, for a publisher,
-// connected). channel === null opens a publisher.
-function openClient(channel) {
+// Open one connection to `url` (a node's; spec.url by default); resolves once the adapter says
+// it is subscribed (or, for a publisher, connected). channel === null opens a publisher.
+function openClient(channel, url = spec.url) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(spec.url, {
+    const ws = new WebSocket(url, {
       perMessageDeflate: false,
       skipUTF8Validation: spec.skipUtf8 ?? true,
       handshakeTimeout: 30000,
@@ -334,7 +342,7 @@ function countOccurrences(buf, needle) {
   return n;
 }
 
-async function openMany(n, channelOf) {
+async function openMany(n, channelOf, urlOf = () => spec.url) {
   const clients = [];
   const errors = {};
   let next = 0;
@@ -343,7 +351,7 @@ async function openMany(n, channelOf) {
     while (next < n) {
       const i = next++;
       try {
-        clients.push(await openClient(channelOf(i)));
+        clients.push(await openClient(channelOf(i), urlOf(i)));
       } catch (err) {
         failed++;
         const key = String(err.message || err).slice(0, 120);
@@ -374,23 +382,28 @@ function closeAll(clients) {
 
 // --- scenarios ------------------------------------------------------------------------------
 
+// fanout, and xnode: the same ladder with the subscribers split evenly over several nodes
+// (spec.urls) and the publisher on the first one.
 async function fanout() {
   const n = spec.subscribers;
   const channel = spec.channel;
-  log(`fanout: opening ${n} subscribers on ${channel}`);
+  const urls = spec.urls || [spec.url];
+  const nodes = urls.length > 1 ? ` over ${urls.length} nodes` : '';
+  log(`fanout: opening ${n} subscribers on ${channel}${nodes}`);
   const t0 = performance.now();
-  const opened = await openMany(n, () => channel);
+  const opened = await openMany(n, () => channel, (i) => urls[i % urls.length]);
   const subs = opened.clients;
   log(`fanout: ${subs.length} subscribed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   if (opened.failed) {
     emit({ event: 'result', ok: false, error: 'subscribers failed', errors: opened.errors });
     return;
   }
-  const publisher = await openClient(null);
+  const publisher = await openClient(null, urls[0]);
   if (!(await probe(publisher, [channel], n, 60000))) {
     emit({ event: 'result', ok: false, error: `probe: ${probedCount}/${n} subscribers live` });
     return;
   }
+  log(`fanout: all ${n} subscribers live`);
   await sleep(spec.settleMs ?? 1000); // let join/leave and probe traffic die down
   log(`fanout: steps start (rates ${spec.rates.join(', ')} msg/s, ${spec.stepSeconds} s each)`);
 
@@ -428,6 +441,16 @@ async function fanout() {
     }
     if (gone || failedInARow >= (spec.stopAfter ?? 2)) break;
   }
+  // xnode: one step at half a maximum rate (spec.halfRate: the reference server's; else this
+  // server's own), where the latency is compared.
+  let half = null;
+  const halfRate = spec.halfRate || (best ? Math.floor(best.rate / 2) : 0);
+  if (spec.halfStep && halfRate > 0 && subs.every((c) => c.ws.readyState === WebSocket.OPEN)) {
+    await backlogDrained();
+    half = await runStep(++stepId, halfRate, publisher, subs);
+    half.half = true;
+    emit({ event: 'step', ...half });
+  }
   // One step at a fixed high rate, the same for every server (above the peers' limits), with
   // a longer drain. Does the server still deliver everything, late, or does it lose messages
   // or subscribers?
@@ -443,11 +466,13 @@ async function fanout() {
   emit({
     event: 'result',
     ok: true,
-    scenario: 'fanout',
+    scenario: spec.scenario,
     subscribers: subs.length,
+    nodes: urls.length,
     steps: results,
     best,
     noLoss,
+    half,
     overload,
     maxGeneratorCpu: genCpu,
     publisherAcks: publisher.acks,
@@ -469,7 +494,17 @@ async function backlogDrained() {
   }
 }
 
-async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainSeconds) {
+// Where a step's messages go: fanout sends all to spec.channel, which every subscriber follows.
+const FANOUT_ROUTE = { channel: () => spec.channel, recipients: (live) => live };
+
+async function runStep(
+  stepId,
+  rate,
+  publisher,
+  subs,
+  drainSeconds = spec.drainSeconds,
+  route = FANOUT_ROUTE,
+) {
   const st = stepStats(stepId);
   const seconds = spec.stepSeconds;
   const total = Math.max(1, Math.round(rate * seconds));
@@ -478,10 +513,11 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
   const cpu0 = cpuSnapshot();
   const start = performance.now();
   let sent = 0;
+  // Paced, not bursty: every millisecond, whatever is due by now (a few messages at most).
   await new Promise((resolve) => {
     function tick() {
       const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
-      while (sent < due) adapter.publish(publisher, spec.channel, content(stepId, ++sent));
+      while (sent < due) adapter.publish(publisher, route.channel(), content(stepId, ++sent));
       if (sent >= total) resolve();
       else setTimeout(tick, 1);
     }
@@ -489,7 +525,7 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
   });
   const cpu1 = cpuSnapshot();
   const publishSeconds = (performance.now() - start) / 1000;
-  const expected = sent * live;
+  const expected = sent * route.recipients(live);
   await until(() => st.received >= expected, (drainSeconds ?? 3) * 1000);
   st.closed = true;
   const cpu2 = cpuSnapshot();
@@ -558,7 +594,59 @@ async function idle() {
   closeAll([...opened.clients, publisher]);
 }
 
-const scenarios = { fanout, idle };
+// Scenario D: many channels, one subscriber each (its own channel); one publisher sends a
+// steady rate to channels drawn at random, so every message has exactly one recipient. What
+// it measures is the per-publication cost of routing, not of fan-out: server CPU, loss, p99.
+async function channels() {
+  const n = spec.connections;
+  const names = Array.from({ length: n }, (_, i) => `${spec.channelPrefix}${i}`);
+  log(`channels: opening ${n} subscribers, one channel each`);
+  const t0 = performance.now();
+  const opened = await openMany(n, (i) => names[i]);
+  const subs = opened.clients;
+  log(`channels: ${subs.length} subscribed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  if (opened.failed) {
+    emit({ event: 'result', ok: false, error: 'subscribers failed', errors: opened.errors });
+    closeAll(subs);
+    return;
+  }
+  const publisher = await openClient(null);
+  if (!(await probe(publisher, names, n, 60000))) {
+    emit({ event: 'result', ok: false, error: `probe: ${probedCount}/${n} subscribers live` });
+    closeAll([...subs, publisher]);
+    return;
+  }
+  await sleep(spec.settleMs ?? 1000);
+  log(`channels: steps start (${spec.rate} msg/s to random channels for ${spec.stepSeconds} s)`);
+  const random = seededRandom(spec.seed ?? 1);
+  const route = { channel: () => names[Math.floor(random() * n)], recipients: () => 1 };
+  const step = await runStep(1, spec.rate, publisher, subs, spec.drainSeconds, route);
+  emit({ event: 'step', ...step });
+  emit({
+    event: 'result',
+    ok: true,
+    scenario: 'channels',
+    connections: subs.length,
+    step,
+    publisherAcks: publisher.acks,
+    publisherErrors: publisher.errors,
+  });
+  closeAll([...subs, publisher]);
+}
+
+// mulberry32: the same "random" channels for every server of a run.
+function seededRandom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const scenarios = { fanout, idle, xnode: fanout, channels };
 
 scenarios[spec.scenario]()
   .then(() => setTimeout(() => process.exit(0), 200))
