@@ -1,9 +1,9 @@
 """The servers a benchmark runs against: kizuna in a few configurations, and its peers.
 
 A peer is a command that starts a server on a given port plus the name of the load
-generator's protocol adapter that talks to it (``kizuna`` or ``guide``; see
-bench/loadgen/loadgen.js). Adding a peer is adding one :class:`Peer` to :data:`PEERS`
-(and, for a new wire protocol, one adapter in the generator).
+generator's protocol adapter that talks to it (``kizuna``, ``kizuna-sse``, ``guide`` or
+``socketio``; see bench/loadgen/loadgen.js). Adding a peer is adding one :class:`Peer`
+to :data:`PEERS` (and, for a new wire protocol, one adapter in the generator).
 
 Every server is started fresh for each scenario, pinned to the server core, and
 stopped afterwards, so no scenario inherits another one's memory or connections.
@@ -14,6 +14,7 @@ private Redis (:func:`running_nodes`).
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import subprocess
@@ -63,12 +64,22 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{self.peer.path}"
+        return f"{self.peer.scheme}://127.0.0.1:{self.port}{self.peer.path}"
+
+    @property
+    def http_base(self) -> str:
+        """Where the server's HTTP endpoints are (kizuna's SSE stream, for one)."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def urls(self) -> list[str]:
         """Every node's URL, this one first (the publisher's node in multi-node scenarios)."""
         return [self.url, *(node.url for node in self.nodes)]
+
+    @property
+    def http_bases(self) -> list[str]:
+        """Every node's :attr:`http_base`, in the order of :attr:`urls`."""
+        return [self.http_base, *(node.http_base for node in self.nodes)]
 
     @property
     def cpu_pids(self) -> list[int]:
@@ -88,26 +99,59 @@ Command = Callable[[int, dict[str, int]], tuple[list[str], dict[str, str]]]
 class Peer:
     name: str
     protocol: str
-    """The load generator's adapter: ``kizuna`` (native protocol) or ``guide`` (section 5)."""
+    """The load generator's adapter: ``kizuna`` (native protocol), ``kizuna-sse`` (SSE
+    subscribers, a native publisher), ``guide`` (section 5) or ``socketio`` (section 3)."""
     command: Command
     """(port, helper ports) -> (argv, extra environment)."""
     description: str
     fanout_channel: str
     idle_prefix: str
     path: str = "/"
+    scheme: str = "ws"
+    """``ws``, or ``http`` for Socket.IO (whose client takes the namespace's HTTP URL)."""
+    jwt: bool = False
+    """Send a JWT (kizuna's native and SSE adapters always do)."""
+    rate_scale: float = 1.0
+    """This peer's fan-out ladder and overload rate are the plan's times this factor (unless
+    given on the command line): Socket.IO servers deliver an order of magnitude less, and a
+    ladder that starts above their limit would measure nothing."""
     python: bool = False
     """A Python process: py-spy can profile it."""
     npm_dir: Path | None = None
     """Node dependencies to install (``npm ci``) before the first start."""
     redis: bool = False
     """Needs a private redis-server (started on a free port, pinned with the server)."""
+    jwt_secret: str = JWT_SECRET
+    """The HS256 secret the generator signs tokens with (a deployment's own, for --url)."""
+    fixed_token: str | None = None
+    """A token to use as is instead of signing one (``--token``: one shared by all)."""
 
-    def token(self) -> str:
-        if self.protocol != "kizuna":
+    @property
+    def authenticated(self) -> bool:
+        """Its clients carry a JWT (kizuna's endpoints; the guide's peers have no auth)."""
+        return self.jwt or self.protocol in ("kizuna", "kizuna-sse")
+
+    def token(self, sub: str = "bench") -> str:
+        if not self.authenticated:
             return ""
+        if self.fixed_token is not None:
+            return self.fixed_token
         now = int(time.time())
-        claims = {"sub": "bench", "iat": now, "exp": now + 3600}
-        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+        claims = {"sub": sub, "iat": now, "exp": now + 3600}
+        return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
+
+    def tokens(self, count: int) -> list[str]:
+        """One token per connection (its own ``sub``), for the connect scenario.
+
+        Distinct tokens keep a server from answering the 5,000th verification from a
+        cache filled by the first; with ``fixed_token`` there is only that one.
+        Empty for protocols without authentication.
+        """
+        if not self.authenticated:
+            return []
+        if self.fixed_token is not None:
+            return [self.fixed_token]
+        return [self.token(f"bench-{i}") for i in range(count)]
 
 
 def _kizuna_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
@@ -191,6 +235,11 @@ def _py_websockets_redis_command(
     script = BENCH_DIR / "peers" / "py_websockets_redis_server.py"
     argv = [sys.executable, str(script), "--port", str(port)]
     return [*argv, "--redis-port", str(helpers["redis"])], {}
+
+
+def _py_socketio_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    script = BENCH_DIR / "peers" / "py_socketio_server.py"
+    return [sys.executable, str(script), "--port", str(port)], {}
 
 
 def _node_command(directory: str, *preload: str) -> Command:
@@ -277,6 +326,47 @@ PEERS: dict[str, Peer] = {
             python=True,
         ),
         Peer(
+            name="kizuna-sse",
+            protocol="kizuna-sse",
+            command=_kizuna_command,
+            description="as `kizuna` (namespace `bench`), but the subscribers read "
+            "`GET /connection/sse?channels=…` (Server-Sent Events, token in an Authorization "
+            "header); the publisher stays on the native WebSocket",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-socketio",
+            protocol="socketio",
+            command=_kizuna_command,
+            description="kizuna's Socket.IO endpoint (`/socket.io/`, namespace `/chat` = "
+            "kizuna namespace `chat`: history 100, presence, join/leave as `userJoined`), "
+            "socket.io-client over WebSocket only, JWT in `auth.token`; rates ÷ 10",
+            fanout_channel="fanout",
+            idle_prefix="room-",
+            path="/chat",
+            scheme="http",
+            python=True,
+            jwt=True,
+            rate_scale=0.1,
+        ),
+        Peer(
+            name="py-socketio",
+            protocol="socketio",
+            command=_py_socketio_command,
+            description="python-socketio 5 AsyncServer (ASGI app on uvicorn, uvloop), the "
+            "guide's section 3 chat: namespace `/chat`, rooms, `userJoined`, `newMessage`; "
+            "no authentication; rates ÷ 10",
+            fanout_channel="fanout",
+            idle_prefix="room-",
+            path="/chat",
+            scheme="http",
+            python=True,
+            rate_scale=0.1,
+        ),
+        Peer(
             name="py-websockets",
             protocol="guide",
             command=_py_websockets_command,
@@ -338,9 +428,26 @@ REDIS_TWINS = {"kizuna": "kizuna-redis", "py-websockets": "py-websockets-redis"}
 """The same server with a Redis broker: what a multi-node scenario runs for a peer without."""
 
 
+def _locked_versions(lockfile: Path) -> dict[str, str]:
+    packages = json.loads(lockfile.read_text()).get("packages", {})
+    return {name: meta.get("version", "") for name, meta in packages.items() if name}
+
+
+def _installed_as_locked(directory: Path) -> bool:
+    """node_modules holds what package-lock.json locks (npm's own record of the install)."""
+    installed = directory / "node_modules" / ".package-lock.json"
+    if not installed.exists():
+        return False
+    return _locked_versions(installed) == _locked_versions(directory / "package-lock.json")
+
+
 def npm_ci(directory: Path) -> None:
-    """Install a Node package's locked dependencies once (node_modules is git-ignored)."""
-    if (directory / "node_modules").is_dir():
+    """Install a Node package's locked dependencies (node_modules is git-ignored).
+
+    Again whenever the lock changed (a dependency added since the last install), not only
+    when node_modules is missing.
+    """
+    if _installed_as_locked(directory):
         return
     npm = shutil.which("npm")
     if npm is None:

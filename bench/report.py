@@ -3,7 +3,11 @@
 Ratios compare the reference server (``kizuna`` unless told otherwise) with each
 other server of the same run: the only comparison a shared, noisy machine supports.
 For fan-out a ratio above 1 means kizuna delivered more; for memory per connection a
-ratio below 1 means kizuna used less.
+ratio below 1 means kizuna used less; for the connect rate above 1 means kizuna
+connected more per second.
+
+A run against an external deployment (``--url``) has one server and no ratios; its
+server CPU and memory are not measured, and the report says so at the top.
 """
 
 from __future__ import annotations
@@ -142,20 +146,21 @@ def _overload(results: Results) -> list[str]:
     }
     if not rows:
         return []
-    any_step = next(iter(rows.values()))
     lines = [
-        f"### Fan-out at a fixed high rate: {any_step['rate']:,} msg/s × "
-        f"{any_step['subscribers']:,} subscribers, one step after the ladder",
+        "### Fan-out at a fixed high rate, one step after the ladder",
         "",
+        "Every server at the same publish rate (Socket.IO peers: at their scaled one). "
         "Lost = not delivered by the end of a 5 s drain after the last publication.",
         "",
-        "| server | offered deliveries/s | delivered/s | lost | disconnects | p50 ms | p99 ms "
-        "| max ms | server CPU % | waiting % (server / generator) |",
-        "| --- " + "| ---: " * 9 + "|",
+        "| server | publish msg/s | subscribers | offered deliveries/s | delivered/s | lost "
+        "| disconnects | p50 ms | p99 ms | max ms | server CPU % "
+        "| waiting % (server / generator) |",
+        "| --- " + "| ---: " * 11 + "|",
     ]
     for peer, s in rows.items():
         lines.append(
-            f"| {peer} | {_fmt(s['rate'] * s['subscribers'])} "
+            f"| {peer} | {_fmt(s['rate'])} | {_fmt(s['subscribers'])} "
+            f"| {_fmt(s['rate'] * s['subscribers'])} "
             f"| {_fmt(s['deliveriesPerSecond'])} | {_fmt(s['lost'])} | {s['disconnects']} "
             f"| {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
             f"| {_fmt(s['cpu']['server'])} | {_waiting(s['cpu'])} |"
@@ -175,6 +180,7 @@ def _costs(result: dict[str, Any]) -> dict[int, float]:
 
 def _cost(results: Results, reference: str) -> list[str]:
     rows = {p: _costs(r["fanout"]) for p, r in results.items() if r.get("fanout", {}).get("ok")}
+    rows = {p: costs for p, costs in rows.items() if costs}  # none for an external target
     if not rows:
         return []
     rates = sorted({rate for costs in rows.values() for rate in costs})
@@ -219,12 +225,122 @@ def _idle(results: Results, reference: str) -> list[str]:
             lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 6)
             continue
         lines.append(
-            f"| {peer} | {_fmt(r['connections'])} | {r['rssBeforeKb'] / 1024:,.1f} "
-            f"| {r['rssAfterKb'] / 1024:,.1f} | {_fmt(r['kbPerConnection'])} "
+            f"| {peer} | {_fmt(r['connections'])} | {_mb(r['rssBeforeKb'])} "
+            f"| {_mb(r['rssAfterKb'])} | {_fmt(r['kbPerConnection'])} "
             f"| {_fmt(r['connectSeconds'])} | {_fmt(r['connectsPerSecond'])} "
             f"| {_ratio(mine, r['kbPerConnection'])} |"
         )
     return [*lines, ""]
+
+
+def _mb(kb: float | None) -> str:
+    """kB as MB; an external deployment's RSS is not known (None)."""
+    return "—" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def _auth(result: dict[str, Any]) -> str:
+    tokens = int(result.get("distinctTokens") or 0)
+    if tokens == 0:
+        return "none"
+    return "JWT, one shared" if tokens == 1 else f"JWT, {tokens:,} distinct"
+
+
+def _connect(results: Results, reference: str) -> list[str]:
+    """Scenario C: connections per second, connect latency, server CPU, failures."""
+    rows = {p: r["connect"] for p, r in results.items() if "connect" in r}
+    if not rows:
+        return []
+    ref = rows.get(reference, {}).get("bestPass") or {}
+    mine = ref.get("connectsPerSecond")
+    my_cost = (ref.get("cost") or {}).get("server")
+    any_result = next(iter(rows.values()))
+    lines = [
+        f"### Connect rate: {_fmt(any_result.get('connections'))} connections, "
+        f"{_fmt(any_result.get('concurrency'))} handshakes in flight",
+        "",
+        "A connection counts when the server has answered it: kizuna's connect reply, after "
+        "verifying the connection's JWT; for servers without authentication (the guide's), "
+        "the open WebSocket. Connects/s = connected ÷ wall time of the pass; latency from "
+        "creating the socket to that answer; CPU over the pass, as % of one core and per "
+        "connection. Every connection is then closed with a close frame. The best pass "
+        "(without failures) counts; all are listed. Connects/s ratios above 1 and CPU ratios "
+        "below 1 favour the reference; CPU per connect is the steadier figure on a shared "
+        "machine.",
+        "",
+        "| server | auth | connected | connects/s | connects/s per pass | p50 ms | p99 ms "
+        "| max ms | server CPU % | server CPU µs per connect | generator CPU % "
+        "| waiting for CPU % (server / generator) | failed | dropped | closed in s "
+        f"| {reference} ÷ server, connects/s | {reference} ÷ server, CPU per connect |",
+        "| --- | --- " + "| ---: " * 15 + "|",
+    ]
+    notes: list[str] = []
+    for peer, r in rows.items():
+        best = r.get("bestPass")
+        if not best:
+            lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 15)
+            continue
+        passes = r.get("passes", [])
+        per_pass = ", ".join(_fmt(p["connectsPerSecond"]) for p in passes)
+        cpu = best["cpu"]
+        generator = _fmt(cpu.get("generator"))
+        if (cpu.get("generator") or 0) >= GENERATOR_BUSY:
+            generator += " (busy)"
+        failed = sum(p["failed"] for p in passes)
+        dropped = sum(p["dropped"] for p in passes)
+        lines.append(
+            f"| {peer} | {_auth(r)} | {_fmt(best['connected'])} "
+            f"| {_fmt(best['connectsPerSecond'])} | {per_pass} | {_fmt(best['p50'])} "
+            f"| {_fmt(best['p99'])} | {_fmt(best['max'])} | {_fmt(cpu.get('server'))} "
+            f"| {_fmt(best['cost'].get('server'))} | {generator} | {_waiting(cpu)} "
+            f"| {_fmt(failed)} | {_fmt(dropped)} | {_fmt(best['closeSeconds'], 2)} "
+            f"| {_ratio(mine, best['connectsPerSecond'])} "
+            f"| {_ratio(my_cost, best['cost'].get('server'))} |"
+        )
+        if not r.get("ok"):
+            errors = "; ".join(f"{k} × {v:,}" for k, v in (r.get("errors") or {}).items())
+            notes.append(f"- **{peer}**: {r.get('error')}" + (f" ({errors})" if errors else ""))
+    if notes:
+        lines += ["", "Failures (all passes):", "", *notes]
+    return [*lines, "", *_connect_passes(rows)]
+
+
+def _connect_passes(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Every pass: a slow one usually shows its cause in the waiting-for-CPU column."""
+    lines = [
+        "Every pass (CPU over the pass's connecting, % of one core):",
+        "",
+        "| server | pass | connected | connects/s | p50 ms | p99 ms | max ms | server CPU % "
+        "| server CPU µs per connect | generator CPU % | waiting % (server / generator) "
+        "| failed | dropped | closed in s |",
+        "| --- " + "| ---: " * 13 + "|",
+    ]
+    for peer, r in rows.items():
+        for p in r.get("passes", []):
+            cpu = p["cpu"]
+            lines.append(
+                f"| {peer} | {p['pass']} | {_fmt(p['connected'])} "
+                f"| {_fmt(p['connectsPerSecond'])} | {_fmt(p['p50'])} | {_fmt(p['p99'])} "
+                f"| {_fmt(p['max'])} | {_fmt(cpu.get('server'))} "
+                f"| {_fmt(p['cost'].get('server'))} | {_fmt(cpu.get('generator'))} "
+                f"| {_waiting(cpu)} | {_fmt(p['failed'])} | {_fmt(p['dropped'])} "
+                f"| {_fmt(p['closeSeconds'], 2)} |"
+            )
+    return [*lines, ""]
+
+
+def _external(meta: dict[str, Any]) -> list[str]:
+    """The label of a run against someone else's deployment: what it does not measure."""
+    url = meta.get("external")
+    if not url:
+        return []
+    return [
+        f"**External target: {url}**, a deployment the harness did not start. Its CPU and "
+        "memory are not measured (not ours to read: shown as —), nothing is pinned, and "
+        "there is no other server in the run to compare with. The figures are what the load "
+        "generator on this machine saw, through whatever network lies between; the machine "
+        "line below describes the generator's machine, not the server's.",
+        "",
+    ]
 
 
 # --- xnode (scenario X) and channels (scenario D) ----------------------------------------
@@ -415,10 +531,22 @@ def _profiles(results: Results) -> list[str]:
     return lines
 
 
+def _own_plans(plans: dict[str, dict[str, Any]]) -> list[str]:
+    """Peers whose fan-out ladder is scaled to them (Socket.IO), as the plan's footnote."""
+    if not plans:
+        return []
+    lines = ["Ladders scaled to the server (Peer.rate_scale):", ""]
+    for name, own in plans.items():
+        rates = ", ".join(str(r) for r in own["rates"])
+        lines.append(f"- **{name}**: rates {rates} msg/s; overload {own['overload_rate']} msg/s")
+    return [*lines, ""]
+
+
 def render(meta: dict[str, Any], peers: dict[str, str], results: Results, reference: str) -> str:
     lines = [
         f"## Run of {meta['date']}",
         "",
+        *_external(meta),
         f"Command: `{meta['command']}`",
         "",
         f"kizuna at: {meta.get('revision', 'unknown')}",
@@ -433,10 +561,12 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         "",
         f"Plan: {meta['plan']}",
         "",
+        *_own_plans(meta.get("plans", {})),
         *_fanout(results, reference),
         *_overload(results),
         *_cost(results, reference),
         *_idle(results, reference),
+        *_connect(results, reference),
         *_xnode(results, reference),
         *_channels(results, reference),
         *_profiles(results),

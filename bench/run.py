@@ -1,14 +1,18 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (15–20 minutes)
+    .venv/bin/python -m bench.run                      # full run (estimated 17–23 minutes)
     .venv/bin/python -m bench.run --scenarios xnode    # issue #7's scenario X alone
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
+    .venv/bin/python -m bench.run --url ws://HOST:PORT/connection/websocket --jwt-secret S
 
 For each peer and each scenario: start the server fresh, pinned to the server core;
 run the Node load generator pinned to the other core; stop the server. Results go to
 ``--out`` (git-ignored): ``results.json``, ``results.md`` (the tables with ratios),
 the generator specs, every process's log, and the py-spy profiles.
+
+With ``--url`` no server is started: the scenarios run against a kizuna deployment
+that is already running (bench/external.py), unpinned, without server CPU or memory.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs
-from bench.peer import PEERS, REDIS_TWINS, RunningServer, Settings, running, running_nodes
+from bench import external, procs
+from bench.peer import PEERS, REDIS_TWINS, Peer, Settings, running, running_nodes
 from bench.report import render
-from bench.scenarios import FULL, QUICK, Plan, run_scenario
+from bench.scenarios import FULL, QUICK, Plan, Target, run_scenario
 
-SCENARIOS = ("fanout", "idle", "xnode", "channels")
+SCENARIOS = ("fanout", "idle", "connect", "xnode", "channels")
 LADDERS = ("fanout", "xnode")
 """Scenarios that climb a rate ladder: run in rounds, the best round counts."""
+OWN_NODES = ("xnode",)
+"""Scenarios that start their own nodes: not against an external target (--url)."""
 SCENARIO_PEERS = {
     "xnode": "kizuna-redis,seed-node,py-websockets-redis",
     "channels": "kizuna,kizuna-redis,py-websockets,py-websockets-redis,seed-node",
@@ -44,7 +50,7 @@ PER_WAIT = 20.0
 """Longest wait for a quiet machine before one server's turn, in seconds."""
 DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
 QUICK_PEERS = "kizuna,py-websockets"
-QUICK_SCENARIOS = "fanout,idle"
+QUICK_SCENARIOS = "fanout,idle,connect"
 
 
 def _machine() -> str:
@@ -147,14 +153,6 @@ def _reference_of(scenario: str, reference: str) -> str:
     return REDIS_TWINS.get(reference, reference) if scenario == "xnode" else reference
 
 
-def _serve(
-    scenario: str, name: str, plan: Plan, settings: Settings, label: str
-) -> contextlib.AbstractContextManager[RunningServer]:
-    if scenario == "xnode":
-        return running_nodes(PEERS[name], settings, label, plan.xnode_nodes, plan.xnode_idle_nodes)
-    return running(PEERS[name], settings, label)
-
-
 def _half_rate(scenario: str, name: str, reference: str, results: dict[str, Any]) -> int:
     """xnode: every server's extra step runs at half the reference's best rate so far.
 
@@ -167,6 +165,59 @@ def _half_rate(scenario: str, name: str, reference: str, results: dict[str, Any]
     return int(best["rate"]) // 2 if best else 0
 
 
+def _add_external_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "an external target",
+        "run the scenarios against a kizuna deployment that is already running, instead of "
+        "starting servers (no pinning; the server's CPU and memory are not measured)",
+    )
+    group.add_argument("--url", help="the deployment's WebSocket URL (ws:// or wss://)")
+    group.add_argument("--jwt-secret", help="its HS256 secret: sign one token per connection")
+    group.add_argument("--token", help="or one token, shared by every connection")
+    group.add_argument(
+        "--namespace", default="chat", help="namespace of the bench channels (default: chat)"
+    )
+
+
+def _external_peer(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[Peer, str] | None:
+    """The --url target (checked), or None to start the peers as usual."""
+    if args.url is None:
+        if args.jwt_secret or args.token:
+            parser.error("--jwt-secret and --token go with --url")
+        return None
+    if args.peers:
+        parser.error("--url runs against the deployment only: no --peers")
+    if not args.url.startswith(("ws://", "wss://")):
+        parser.error(
+            "--url must be a ws:// or wss:// URL, e.g. ws://host:8000/connection/websocket"
+        )
+    try:
+        peer = external.external_peer(
+            args.url, jwt_secret=args.jwt_secret, token=args.token, namespace=args.namespace
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return peer, args.url
+
+
+def _serve(
+    scenario: str,
+    name: str,
+    plan: Plan,
+    settings: Settings,
+    label: str,
+    target: tuple[Peer, str] | None,
+) -> contextlib.AbstractContextManager[Target]:
+    """Start peer ``name`` for one scenario (xnode: its nodes), or attach to the external target."""
+    if target is not None:
+        return external.attached(*target)
+    if scenario == "xnode":
+        return running_nodes(PEERS[name], settings, label, plan.xnode_nodes, plan.xnode_idle_nodes)
+    return running(PEERS[name], settings, label)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
@@ -174,13 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default=None,
-        help=f"default: {','.join(SCENARIOS)} ({QUICK_SCENARIOS} with --quick)",
+        help=f"default: {','.join(SCENARIOS)} ({QUICK_SCENARIOS} with --quick; no {OWN_NODES[0]} "
+        "with --url)",
     )
     parser.add_argument("--peers", default=None, help=f"default: {DEFAULT_PEERS}")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--profile", action="store_true", help="py-spy the Python servers")
-    parser.add_argument("--reference", default="kizuna", help="the numerator of the ratios")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="the numerator of the ratios (default: kizuna if it runs, else the first peer)",
+    )
     parser.add_argument("--server-cpu", default="0", help="core for servers ('none': no pin)")
     parser.add_argument("--loadgen-cpu", default="1", help="core for the load generator")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers")
@@ -188,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float)
     parser.add_argument("--overload-rate", type=int, help="fan-out rate past the ladder (0: none)")
     parser.add_argument("--connections", type=int, help="idle connections")
+    parser.add_argument("--connects", type=int, help="connections per pass of the connect scenario")
+    parser.add_argument("--connect-passes", type=int, help="passes of the connect scenario")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
     parser.add_argument("--channel-subscribers", type=int, help="channels: connections")
     parser.add_argument("--channel-rate", type=int, help="channels: publications per second")
@@ -201,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-budget",
         type=float,
         default=None,
-        help="total seconds to wait for quiet (default 120; 0 with --quick)",
+        help="total seconds to wait for quiet (default 120; 0 with --quick or --url)",
     )
+    _add_external_options(parser)
     args = parser.parse_args(argv)
+    target = _external_peer(args, parser)
 
     plan = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
@@ -219,58 +279,94 @@ def main(argv: list[str] | None = None) -> int:
         overrides["idle_connections"] = args.connections
     if args.rounds:
         overrides["rounds"] = args.rounds
+    if args.connects:
+        overrides["connects"] = args.connects
+    if args.connect_passes:
+        overrides["connect_passes"] = args.connect_passes
     if args.channel_subscribers:
         overrides["channel_subscribers"] = args.channel_subscribers
     if args.channel_rate:
         overrides["channel_rate"] = args.channel_rate
     plan = dataclasses.replace(plan, **overrides)
 
-    asked = args.scenarios or (QUICK_SCENARIOS if args.quick else ",".join(SCENARIOS))
+    everything = [s for s in SCENARIOS if target is None or s not in OWN_NODES]
+    asked = args.scenarios or (QUICK_SCENARIOS if args.quick else ",".join(everything))
     scenarios = [s for s in asked.split(",") if s]
     default = QUICK_PEERS if args.quick else DEFAULT_PEERS
     peers = [p for p in (args.peers or default).split(",") if p]
+    if target is not None:
+        peers = [external.NAME]
     for name in peers:
-        if name not in PEERS:
+        if target is None and name not in PEERS:
             parser.error(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     for name in scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        if target is not None and name in OWN_NODES:
+            parser.error(f"{name} starts its own nodes: it cannot run against --url")
     runs = {
-        scenario: _scenario_peers(
-            scenario,
-            peers if args.peers or args.quick else SCENARIO_PEERS.get(scenario, default).split(","),
-        )
+        scenario: peers
+        if target is not None or args.peers or args.quick
+        else SCENARIO_PEERS.get(scenario, default).split(",")
         for scenario in scenarios
+    }
+    if target is None:  # xnode: each peer's Redis-backed twin
+        runs = {scenario: _scenario_peers(scenario, names) for scenario, names in runs.items()}
+    ran = list(dict.fromkeys(name for names in runs.values() for name in names))
+    if not ran:
+        parser.error("no peer can run these scenarios")
+
+    reference = args.reference or ("kizuna" if "kizuna" in ran else ran[0])
+    # Socket.IO peers climb a ladder scaled to them, unless the command line named the rates.
+    plans = {
+        name: plan.scaled(
+            (target[0] if target else PEERS[name]).rate_scale,
+            rates="rates" not in overrides,
+            overload="overload_rate" not in overrides,
+        )
+        for name in ran
     }
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(out, _cpus(args.server_cpu), _cpus(args.loadgen_cpu))
+    if target is not None:  # the deployment's cores are not ours to pin against
+        settings = Settings(out, None, None)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])]),
         "machine": _machine(),
         "revision": _revision(),
         "plan": json.dumps(dataclasses.asdict(plan)),
+        "plans": {
+            name: {"rates": p.rates, "overload_rate": p.overload_rate}
+            for name, p in plans.items()
+            if p != plan
+        },
         "pinning": {"server": settings.server_cpu, "loadgen": settings.loadgen_cpu},
     }
+    if target is not None:
+        meta["external"] = target[1]
+        meta["revision"] = "not known (an external deployment)"
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    budget = args.quiet_budget if args.quiet_budget is not None else (0 if args.quick else 120)
+    budget = args.quiet_budget
+    if budget is None:
+        budget = 0 if args.quick or target is not None else 120
     quiet = QuietWait(args.quiet_below, budget)
     # Scenario by scenario, round by round, server by server: a slow spell of the shared
     # machine then falls on every server's round, not on one server's whole ladder.
     for scenario in scenarios:
         rounds = plan.rounds if scenario in LADDERS else 1
-        reference = _reference_of(scenario, args.reference)
+        first = _reference_of(scenario, reference)
         # The reference first: xnode's half-rate step of the others depends on its result.
-        order = sorted(runs[scenario], key=lambda n: n != reference)
+        order = sorted(runs[scenario], key=lambda n: n != first)
         for round_no in range(1, rounds + 1):
             for name in order:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
                 background = quiet.wait(label)
-                half = _half_rate(scenario, name, reference, results)
-                step_plan = dataclasses.replace(plan, half_rate=half)
-                with _serve(scenario, name, step_plan, settings, label) as server:
+                half = _half_rate(scenario, name, first, results)
+                step_plan = dataclasses.replace(plans[name], half_rate=half)
+                with _serve(scenario, name, step_plan, settings, label, target) as server:
                     result = run_scenario(
                         scenario, server, step_plan, settings, label, args.profile
                     )
@@ -281,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(
                     json.dumps({"meta": meta, "results": results}, indent=2)
                 )
-    ran = dict.fromkeys(name for names in runs.values() for name in names)
-    report = render(meta, {n: PEERS[n].description for n in ran}, results, args.reference)
+    described = {n: (target[0] if target else PEERS[n]).description for n in ran}
+    report = render(meta, described, results, reference)
     (out / "results.md").write_text(report)
     print(report)
     failed = [f"{p}/{s}" for p, r in results.items() for s, v in r.items() if not v.get("ok")]

@@ -15,6 +15,15 @@ idle
     probe publication on each channel. Memory per connection is the server's RSS
     after minus before, divided by N.
 
+connect
+    N connections opened with ``connect_concurrency`` handshakes in flight, each counted
+    when the server has answered it: kizuna's connect reply, after verifying that
+    connection's own JWT (one distinct token per connection, so nothing can be answered
+    from a cache); for the guide's servers, which have no authentication, the open
+    WebSocket. Figures: connections per second (connected / wall time), p50/p99 connect
+    latency, server CPU, failures. Every connection is then closed; ``connect_passes``
+    passes, the best counts.
+
 xnode (scenario X of issue #7)
     The fanout ladder across nodes: two processes of a Redis-backed peer on one
     private Redis, the subscribers split evenly over both, the publisher on the
@@ -39,11 +48,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import procs
+from bench.external import ExternalServer
 from bench.peer import BENCH_DIR, RunningServer, Settings, npm_ci
 from bench.witness import IdleNodeWitness
 
@@ -79,6 +89,11 @@ class Plan:
     idle_connections: int = 10_000
     idle_channels: int = 100
     connect_concurrency: int = 100
+    """Handshakes in flight (every scenario's connection phase; the connect scenario's load)."""
+    connects: int = 5000
+    """Connections the connect scenario opens in each pass."""
+    connect_passes: int = 3
+    """Passes of the connect scenario against the same server (each reported; the best counts)."""
     # --- xnode: the fanout ladder (subscribers, rates, ...) over several nodes -----------
     xnode_nodes: int = 2
     xnode_idle_nodes: int = 1
@@ -91,6 +106,18 @@ class Plan:
     channel_rate: int = 5000
     """Publications per second, each to one channel drawn at random."""
     channel_seconds: float = 10.0
+
+    def scaled(self, factor: float, *, rates: bool = True, overload: bool = True) -> Plan:
+        """The same plan with its publish rates times ``factor`` (at least 1 msg/s each)."""
+        if factor == 1.0:
+            return self
+        changes: dict[str, Any] = {}
+        if rates:
+            scaled = [max(1, round(rate * factor)) for rate in self.rates]
+            changes["rates"] = list(dict.fromkeys(scaled))  # 0.4 and 0.6 must not both be 1
+        if overload and self.overload_rate:
+            changes["overload_rate"] = max(1, round(self.overload_rate * factor))
+        return replace(self, **changes)
 
 
 FULL = Plan()
@@ -105,18 +132,25 @@ QUICK = Plan(
     overload_rate=0,
     idle_connections=500,
     idle_channels=10,
+    connects=500,
+    connect_passes=2,
     channel_subscribers=200,
     channel_rate=500,
     channel_seconds=3.0,
 )
 
 
-def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
+Target = RunningServer | ExternalServer
+"""A server the harness started, or a deployment someone else runs (``--url``)."""
+
+
+def _spec(scenario: str, server: Target, plan: Plan) -> dict[str, Any]:
     peer = server.peer
     spec: dict[str, Any] = {
         "scenario": scenario,
         "protocol": peer.protocol,
         "url": server.url,
+        "httpBase": server.http_base,
         "token": peer.token(),
         "serverPids": server.cpu_pids,
         "redisPids": server.redis_pids,
@@ -139,13 +173,18 @@ def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
             p99LimitMs=plan.p99_limit_ms,
         )
         if scenario == "xnode":
-            spec.update(urls=server.urls, halfStep=True, halfRate=plan.half_rate)
+            if not isinstance(server, RunningServer):
+                raise ValueError("xnode starts its own nodes: it cannot run against --url")
+            spec.update(urls=server.urls, httpBases=server.http_bases)
+            spec.update(halfStep=True, halfRate=plan.half_rate)
     elif scenario == "idle":
         spec.update(
             connections=plan.idle_connections,
             channels=plan.idle_channels,
             channelPrefix=peer.idle_prefix,
         )
+    elif scenario == "connect":
+        spec.update(_connect_spec(peer.tokens(plan.connects), plan))
     elif scenario == "channels":
         spec.update(
             connections=plan.channel_subscribers,
@@ -161,6 +200,15 @@ def _spec(scenario: str, server: RunningServer, plan: Plan) -> dict[str, Any]:
     return spec
 
 
+def _connect_spec(tokens: list[str], plan: Plan) -> dict[str, Any]:
+    """The connect scenario's fields; ``tokens``: one per connection (empty: no auth)."""
+    return {"connects": plan.connects, "connectPasses": plan.connect_passes, "tokens": tokens}
+
+
+PROFILE_FROM = {"fanout": "fanout: steps", "connect": "connect: "}
+"""Scenarios ``--profile`` records, from the generator's log line that starts the measured part."""
+
+
 class Profiler:
     """``py-spy record`` on the server during the measured part of a scenario."""
 
@@ -170,6 +218,8 @@ class Profiler:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.proc is not None:
+            return
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(pyspy).exists() and shutil.which(pyspy) is None:
             raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
@@ -194,7 +244,7 @@ class Profiler:
 
 def run_scenario(
     scenario: str,
-    server: RunningServer,
+    server: Target,
     plan: Plan,
     settings: Settings,
     label: str,
@@ -212,10 +262,11 @@ def run_scenario(
         stdout=subprocess.PIPE,
     )
     profiler = None
-    if profile and server.peer.python and scenario == "fanout":
+    # Only a server of ours can be profiled: an external deployment (--url) has no pid.
+    if profile and scenario in PROFILE_FROM and server.peer.python and server.pid:
         profiler = Profiler(server.pid, settings.out / f"profile-{label}.txt")
     witness = None
-    if server.idle_nodes and server.redis_port is not None:
+    if isinstance(server, RunningServer) and server.idle_nodes and server.redis_port is not None:
         witness = IdleNodeWitness(server, server.redis_port)
     result: dict[str, Any] = {"ok": False, "error": "the load generator printed no result"}
     started = time.monotonic()
@@ -226,7 +277,7 @@ def run_scenario(
             kind = event.pop("event")
             if kind == "log":
                 _say(label, event["msg"])
-                if profiler is not None and event["msg"].startswith("fanout: steps"):
+                if profiler is not None and event["msg"].startswith(PROFILE_FROM[scenario]):
                     profiler.start()
                 if witness is not None and event["msg"].startswith("fanout: all"):
                     witness.start()  # subscribed, the ladder a second away
@@ -241,6 +292,7 @@ def run_scenario(
         if profiler is not None:
             profiler.stop()
         procs.stop(gen)
+        gen.stdout.close()
     result["seconds"] = round(time.monotonic() - started, 1)
     if profiler is not None:
         result["profile"] = str(profiler.output)
@@ -253,11 +305,13 @@ def _step_line(step: dict[str, Any]) -> str:
     verdict = "pass" if step["pass"] else "FAIL"
     kind = " (half)" if step.get("half") else " (overload)" if step.get("overload") else ""
     redis = f" (redis {step['cpu']['redis']}%)" if "redis" in step["cpu"] else ""
+    server = step["cpu"]["server"]  # None for an external target: not ours to read
     return (
         f"{step['rate']:>5}/s x{step['subscribers']}{kind} {verdict}: "
         f"{step['deliveriesPerSecond']:>8} deliveries/s, lost {step['lost']}, "
         f"p50 {step['p50']} ms p99 {step['p99']} ms max {step['max']:.1f} ms, "
-        f"cpu server {step['cpu']['server']}%{redis} generator {step['cpu']['generator']}%"
+        f"cpu server {'—' if server is None else server}%{redis} "
+        f"generator {step['cpu']['generator']}%"
     )
 
 

@@ -47,6 +47,7 @@ from kizuna.transports.longpoll import longpoll_route
 from kizuna.transports.socketio import socketio_app
 from kizuna.transports.sse import SSEEndpoint
 from kizuna.transports.websocket import WebSocketEndpoint
+from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol
 
 __all__ = ["Server", "build_server", "dev_secret"]
 
@@ -220,7 +221,7 @@ class Server:
             http=guarded_http_protocol(
                 cfg.handshake_timeout, lambda: self.node.events.limit_refused("handshake_timeout")
             ),
-            ws="websockets-sansio",
+            ws=DetachableWebSocketProtocol,
             # The framing layer refuses to buffer frames far over the limit (1009);
             # frames just over it reach the client and close with 4004.
             ws_max_size=cfg.max_message_size * 2,

@@ -24,6 +24,7 @@ from kizuna.core.node import Node
 from kizuna.exceptions import AuthError
 from kizuna.protocol.codes import DisconnectCode
 from kizuna.transports.common import HandshakeSettings, check_handshake, deny_body
+from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol
 
 __all__ = ["WebSocketEndpoint", "WebSocketTransport"]
 
@@ -47,6 +48,11 @@ class WebSocketTransport:
         protocol = getattr(send, "__self__", None)
         fast = all(hasattr(protocol, a) for a in ("conn", "transport", "writable", "close_sent"))
         self._protocol = protocol if fast else None
+
+    @property
+    def protocol(self) -> object:
+        """uvicorn's protocol object behind ``send`` (None on other ASGI servers)."""
+        return getattr(self._send, "__self__", None)
 
     def write_nowait(self, frame: bytes) -> bool:
         """Write a text frame now, if the connection is open and its buffer has room.
@@ -110,6 +116,12 @@ class WebSocketEndpoint:
         )
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.node.options.connect_timeout, _connect_deadline, client)
+        protocol = transport.protocol
+        if isinstance(protocol, DetachableWebSocketProtocol):
+            # From here frames go straight to the client and this task ends: an open
+            # connection costs no task, queue or handshake headers (websocket_protocol.py).
+            protocol.detach(client)
+            return
         try:
             await self._serve(client, receive)
         finally:

@@ -1,0 +1,178 @@
+"""uvicorn's WebSocket protocol, able to let go of ASGI once a connection is accepted.
+
+Why: under ASGI, every open WebSocket keeps an application task alive for its whole
+life — the task, its chain of coroutine frames, an ``asyncio.Queue`` of receive
+events, and the handshake's scope, request and response with all their headers.
+For an idle connection that is about half of its memory. The native endpoint needs
+none of it after the 101: frames can go straight from the protocol to the client.
+
+:meth:`DetachableWebSocketProtocol.detach` swaps uvicorn's receive queue for an
+:class:`Inbox` — uvicorn hands every receive and disconnect event to
+``queue.put_nowait``, so that one seam carries them all — and lets the ASGI task
+end without closing the connection. Framing, keepalive pings, the close handshake
+and backpressure stay uvicorn's (and the ``websockets`` library's). Paths that are
+not detached (Socket.IO's WebSocket transport) run on ASGI as before.
+
+uvicorn and websockets are pinned (pyproject.toml): this leans on the attributes
+of uvicorn's ``websockets-sansio`` protocol, and the WebSocket tests cover each
+path it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+__all__ = ["DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
+
+
+class FrameHandler(Protocol):
+    """What a detached connection's frames and end are handed to (a kizuna Client)."""
+
+    async def handle_frame(self, frame: bytes | str) -> None: ...
+
+    def transport_closed(self, code: int) -> None: ...
+
+
+class Inbox:
+    """Stands in for uvicorn's receive queue on a detached connection.
+
+    Frames are handled one at a time, in order, by a task that exists only while
+    there is something to handle; uvicorn pauses reading after each frame, and the
+    inbox resumes it once it has caught up, so a flood of commands is held back in
+    the kernel, not in memory. A disconnect waits behind frames that arrived
+    before it, as it would in the ASGI receive loop.
+    """
+
+    __slots__ = ("_closed_code", "_handler", "_pending", "_protocol", "_task")
+
+    def __init__(self, protocol: DetachableWebSocketProtocol, handler: FrameHandler) -> None:
+        self._protocol = protocol
+        self._handler = handler
+        self._pending: list[bytes | str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed_code: int | None = None
+
+    def put_nowait(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.receive":
+            data = message.get("text")
+            self._pending.append(data if data is not None else message.get("bytes") or b"")
+            if self._task is None:
+                self._task = self._protocol.loop.create_task(self._drain())
+        elif kind == "websocket.disconnect" and self._closed_code is None:
+            self._closed_code = int(message.get("code", 1006))
+            if self._task is None:
+                self._handler.transport_closed(self._closed_code)
+
+    def empty(self) -> bool:
+        return not self._pending
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await self._handler.handle_frame(self._pending.pop(0))
+        finally:
+            self._task = None
+            self._pending.clear()
+            if self._closed_code is not None:
+                self._handler.transport_closed(self._closed_code)
+            else:
+                self._protocol.resume_after_frames()
+
+
+class WritableFlag:
+    """The ``asyncio.Event`` uvicorn keeps per connection for "the socket has room".
+
+    Same methods, but the list of waiters is made only when someone waits — which
+    happens only to a slow peer — instead of a deque up front (≈ 0.7 KB each).
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol with :meth:`detach`."""
+
+    detached = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writable = WritableFlag()  # type: ignore[assignment]
+
+    def detach(self, handler: FrameHandler) -> None:
+        """From now on, hand frames and the end of the connection to ``handler``.
+
+        Call it right after ``websocket.accept`` and then return from the ASGI app:
+        the task ends, the connection stays open.
+        """
+        queued = self.queue
+        inbox = Inbox(self, handler)
+        self.queue = inbox  # type: ignore[assignment]
+        self.detached = True
+        while not queued.empty():  # nothing in practice: accept and detach share a turn
+            inbox.put_nowait(dict(queued.get_nowait()))
+        # The handshake is over; its request, response and scope only held memory.
+        self.request = self.response = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
+
+    def resume_after_frames(self) -> None:
+        """The inbox has caught up: read again (uvicorn's ``receive()`` does this under ASGI)."""
+        if self.read_paused:
+            self.read_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def run_asgi(self) -> None:
+        # uvicorn's run_asgi, except that a detached connection outlives its app.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()

@@ -1,0 +1,153 @@
+"""The benchmark harness's cheap parts: tokens, specs, the connect table, the --url target.
+
+The measurements themselves are bench/'s business (``python -m bench.run``); here only
+what would silently make them wrong: tokens kizuna would refuse or that are all the same,
+a report that hides failures or invents server figures for a deployment it cannot see.
+The one end-to-end test runs the connect scenario (50 connections) against a real kizuna.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import external, run
+from bench.peer import JWT_SECRET, PEERS
+from bench.report import render
+from bench.scenarios import QUICK, _spec
+from kizuna.core.auth import JWTAuthenticator, JWTSettings
+from tests.support.processes import KizunaProcess
+
+DEPLOYMENT_SECRET = "deployment-secret-0123456789abcdef0123456789"
+
+
+async def test_each_connection_gets_its_own_token_that_kizuna_accepts() -> None:
+    tokens = PEERS["kizuna"].tokens(20)
+    assert len(set(tokens)) == 20
+    auth = JWTAuthenticator(JWTSettings(secret=JWT_SECRET))
+    users = [(await auth.authenticate(t)).user for t in tokens]
+    assert users == [f"bench-{i}" for i in range(20)]
+
+
+def test_servers_without_authentication_get_no_tokens() -> None:
+    assert PEERS["py-websockets"].tokens(20) == []
+
+
+async def test_an_external_target_signs_with_the_deployments_secret() -> None:
+    peer = external.external_peer(
+        "ws://h/connection/websocket", jwt_secret=DEPLOYMENT_SECRET, token=None
+    )
+    auth = JWTAuthenticator(JWTSettings(secret=DEPLOYMENT_SECRET))
+    assert (await auth.authenticate(peer.tokens(3)[2])).user == "bench-2"
+    assert peer.fanout_channel == "chat:bench-fanout"
+
+
+def test_an_external_target_with_a_token_shares_it() -> None:
+    peer = external.external_peer("ws://h/", jwt_secret=None, token="T", namespace="bench")
+    assert peer.tokens(5) == ["T"]
+    assert peer.token() == "T"
+    assert peer.idle_prefix == "bench:bench-room-"
+    with pytest.raises(ValueError, match="not both"):
+        external.external_peer("ws://h/", jwt_secret="S", token="T")
+
+
+def test_the_connect_spec_carries_one_token_per_connection() -> None:
+    peer = external.external_peer("ws://h/", jwt_secret=DEPLOYMENT_SECRET, token=None)
+    spec = _spec("connect", external.ExternalServer(peer, "ws://h/"), QUICK)
+    assert spec["connects"] == QUICK.connects
+    assert len(set(spec["tokens"])) == QUICK.connects
+    assert spec["serverPids"] == []  # not ours: the generator reports no server CPU
+    assert spec["rssPid"] is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--url", "ws://h/"],  # no credentials
+        ["--url", "http://h/", "--token", "T"],
+        ["--url", "ws://h/", "--token", "T", "--peers", "kizuna"],
+        ["--jwt-secret", "S"],  # without --url
+        ["--url", "ws://h/", "--token", "T", "--scenarios", "xnode"],  # starts its own nodes
+    ],
+)
+def test_bad_external_options_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        run.main(argv)
+
+
+def _pass(rate: int, server_cpu: float | None, failed: int = 0) -> dict[str, Any]:
+    return {
+        "pass": 1,
+        "connections": 100,
+        "connected": 100 - failed,
+        "failed": failed,
+        "errors": {"kizuna error 101: invalid token": failed} if failed else {},
+        "seconds": 0.5,
+        "connectsPerSecond": rate,
+        "p50": 10.0,
+        "p99": 20.0,
+        "max": 25.0,
+        "cpu": {"server": server_cpu, "generator": 90.0},
+        "cost": {"server": None if server_cpu is None else 300.0, "generator": 200.0},
+        "dropped": 0,
+        "closeSeconds": 0.1,
+        "closed": 100,
+    }
+
+
+def _connect(rate: int, tokens: int, server_cpu: float | None, failed: int = 0) -> dict[str, Any]:
+    one = _pass(rate, server_cpu, failed)
+    result: dict[str, Any] = {"ok": not failed, "connections": 100, "concurrency": 10}
+    result["distinctTokens"] = tokens
+    result.update(passes=[one], bestPass=one)
+    if failed:
+        result.update(error=f"pass 1: {failed} failed, 0 dropped", errors=one["errors"])
+    return {"connect": result}
+
+
+META = {"date": "today", "command": "python -m bench.run", "machine": "m", "plan": "{}"}
+
+
+def test_the_connect_table_has_ratios_auth_and_failures() -> None:
+    results = {
+        "kizuna": _connect(1500, 100, 80.0),
+        "py-websockets": _connect(1000, 0, 40.0, failed=3),
+    }
+    text = render(META, {}, results, "kizuna")
+    rows: dict[str, str] = {}
+    for line in text.splitlines():  # the summary's rows come before every pass's
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0], line)
+    assert "JWT, 100 distinct" in rows["| kizuna"]
+    assert rows["| py-websockets"].endswith("| 1.50 | 1.00 |")  # 1,500 ÷ 1,000; 300 ÷ 300 µs
+    assert "90.0 (busy)" in rows["| kizuna"]  # the generator may be the limit
+    assert "kizuna error 101: invalid token × 3" in text
+
+
+def test_an_external_run_is_labelled_and_shows_no_server_figures() -> None:
+    results = {external.NAME: _connect(900, 1, None)}
+    text = render({**META, "external": "ws://h/"}, {}, results, external.NAME)
+    assert "**External target: ws://h/**" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {external.NAME}"))
+    assert "JWT, one shared" in row
+    assert row.count("| — ") >= 2  # server CPU % and µs per connect
+
+
+@pytest.mark.node
+def test_connect_scenario_against_a_running_kizuna(tmp_path: Path) -> None:
+    """bench.run --url end to end, small: every connection verified, answered and closed."""
+    with KizunaProcess(jwt_secret=DEPLOYMENT_SECRET) as server:
+        argv = ["--url", server.ws_url, "--jwt-secret", DEPLOYMENT_SECRET]
+        argv += ["--scenarios", "connect", "--connects", "50", "--connect-passes", "1"]
+        assert run.main([*argv, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())["results"][external.NAME]
+    connect = result["connect"]
+    assert connect["ok"], connect
+    assert connect["distinctTokens"] == 50
+    best = connect["bestPass"]
+    assert (best["connected"], best["failed"], best["dropped"], best["closed"]) == (50, 0, 0, 50)
+    assert best["cpu"]["server"] is None
+    assert "External target" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,147 @@
+"""The native WebSocket after the handshake: no ASGI task per connection, nothing reordered.
+
+A kizuna server runs in this test's own event loop (uvicorn with kizuna's protocol
+class, as ``kizuna serve`` runs it), so the test can look at the loop's tasks; the
+clients are the ``websockets`` library's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import uvicorn
+import websockets
+
+from kizuna.config import load_config
+from kizuna.core.auth import mint_token
+from kizuna.server import build_server
+from kizuna.transports.websocket_protocol import WritableFlag
+from tests.support.processes import JWT_SECRET, free_port
+
+CONNECTIONS = 20
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    port = free_port()
+    config = load_config(
+        env={},
+        overrides={"port": port, "grpc_port": 0, "jwt_secret": JWT_SECRET, "log_level": "warning"},
+    )
+    server = uvicorn.Server(build_server(config).uvicorn_config())
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "the server stopped before it started"
+        await asyncio.sleep(0.02)
+    yield f"ws://127.0.0.1:{port}/connection/websocket"
+    server.should_exit = True
+    await asyncio.wait_for(serving, 15)
+
+
+async def command(ws: websockets.ClientConnection, cid: int, method: str, **params: object) -> dict:  # type: ignore[type-arg]
+    """Send one command and return its reply (pushes before it are skipped)."""
+    await ws.send(orjson.dumps({"id": cid, "method": method, "params": params}).decode())
+    while True:
+        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
+            message = orjson.loads(line)
+            if message.get("id") == cid:
+                assert "error" not in message, message
+                return message  # type: ignore[no-any-return]
+
+
+async def connected(url: str, user: str) -> websockets.ClientConnection:
+    # max_queue=None: the chat namespace's leave pushes pile up unread while a test closes
+    # its sockets one by one, and a client that stops reading never sees the close reply.
+    ws = await websockets.connect(url, compression=None, max_queue=None)
+    await command(ws, 1, "connect", token=mint_token(JWT_SECRET, user))
+    return ws
+
+
+def asgi_tasks() -> list[asyncio.Task[object]]:
+    """The loop's tasks that run an ASGI application for a WebSocket connection."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if "run_asgi" in getattr(t.get_coro(), "__qualname__", "") and not t.done()
+    ]
+
+
+async def test_open_connections_keep_no_asgi_task(url: str) -> None:
+    sockets = [await connected(url, f"idle{i}") for i in range(CONNECTIONS)]
+    for ws in sockets:
+        await command(ws, 2, "subscribe", channel="chat:idle")
+    assert asgi_tasks() == []
+    # ... and they are alive: a publication reaches every one of them.
+    publisher = await connected(url, "publisher")
+    await command(publisher, 2, "publish", channel="chat:idle", data={"n": 1})
+    await publisher.close()
+    for ws in sockets:
+        while True:
+            frame = str(await asyncio.wait_for(ws.recv(), 5))
+            if '"pub"' in frame and '"n":1' in frame:
+                break
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_commands_sent_just_before_closing_still_run(url: str) -> None:
+    """A frame that arrived before the close is handled before the disconnect."""
+    reader = await connected(url, "reader")
+    await command(reader, 2, "subscribe", channel="chat:last-words")
+    writer = await connected(url, "writer")
+    commands = [
+        {"id": 10 + n, "method": "publish", "params": {"channel": "chat:last-words", "data": n}}
+        for n in range(5)
+    ]
+    # Each command its own frame, then the close frame, all without waiting for replies.
+    for cmd in commands:
+        await writer.send(orjson.dumps(cmd).decode())
+    await writer.close()
+    seen: list[int] = []
+    while len(seen) < len(commands):
+        for line in str(await asyncio.wait_for(reader.recv(), 5)).splitlines():
+            message = orjson.loads(line)
+            if message.get("push") == "pub":
+                seen.append(message["data"])
+    assert seen == list(range(5))
+    await reader.close()
+
+
+async def test_a_peer_that_goes_away_is_unregistered(url: str) -> None:
+    ws = await connected(url, "leaver")
+    await command(ws, 2, "subscribe", channel="chat:leaving")
+    other = await connected(url, "stayer")
+    await command(other, 2, "subscribe", channel="chat:leaving")
+    presence = await command(other, 3, "presence", channel="chat:leaving")
+    assert {c["user"] for c in presence["result"]["clients"].values()} == {"leaver", "stayer"}
+    ws.transport.abort()  # no close frame: the TCP connection just ends
+    for _ in range(100):
+        presence = await command(other, 4, "presence", channel="chat:leaving")
+        if len(presence["result"]["clients"]) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert {c["user"] for c in presence["result"]["clients"].values()} == {"stayer"}
+    await other.close()
+
+
+async def test_writable_flag_wakes_its_waiters() -> None:
+    flag = WritableFlag()
+    assert flag.is_set()
+    assert await flag.wait() is True  # set: no wait at all
+    flag.clear()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    flag.clear()
+    cancelled = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    flag.set()  # a cancelled waiter is not woken twice, nothing raises
+    assert flag.is_set()
