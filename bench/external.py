@@ -66,6 +66,8 @@ class ExternalServer:
     """No process of ours: no RSS to read."""
     cpu_pids: list[int] = field(default_factory=list)
     """No processes of ours: no CPU to read."""
+    redis_pids: list[int] = field(default_factory=list)
+    """Nor a Redis of ours (RunningServer's, for the Redis-backed peers)."""
 
     @property
     def http_base(self) -> str:

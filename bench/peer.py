@@ -7,6 +7,8 @@ to :data:`PEERS` (and, for a new wire protocol, one adapter in the generator).
 
 Every server is started fresh for each scenario, pinned to the server core, and
 stopped afterwards, so no scenario inherits another one's memory or connections.
+A multi-node scenario starts several processes of one Redis-backed peer on one
+private Redis (:func:`running_nodes`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import jwt
 
 from bench import procs
 
-__all__ = ["PEERS", "Peer", "RunningServer", "Settings", "running"]
+__all__ = ["PEERS", "REDIS_TWINS", "Peer", "RunningServer", "Settings", "running", "running_nodes"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 KIZUNA_CONFIG = BENCH_DIR / "kizuna-bench.toml"
@@ -50,6 +52,11 @@ class RunningServer:
     port: int
     proc: subprocess.Popen[bytes]
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nodes: list[RunningServer] = field(default_factory=list)
+    """Further nodes of the same peer on the same Redis (multi-node scenarios)."""
+    idle_nodes: list[RunningServer] = field(default_factory=list)
+    """Nodes that get no clients at all: the witnesses that traffic goes only where needed."""
+    redis_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -65,9 +72,24 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def urls(self) -> list[str]:
+        """Every node's URL, this one first (the publisher's node in multi-node scenarios)."""
+        return [self.url, *(node.url for node in self.nodes)]
+
+    @property
+    def http_bases(self) -> list[str]:
+        """Every node's :attr:`http_base`, in the order of :attr:`urls`."""
+        return [self.http_base, *(node.http_base for node in self.nodes)]
+
+    @property
     def cpu_pids(self) -> list[int]:
         """The server and what serves with it (Redis): their CPU is the system's cost."""
-        return [self.proc.pid, *(h.pid for h in self.helpers)]
+        return [self.proc.pid, *(n.pid for n in self.nodes), *(h.pid for h in self.helpers)]
+
+    @property
+    def redis_pids(self) -> list[int]:
+        """The Redis part of :attr:`cpu_pids`, reported on its own."""
+        return [h.pid for h in self.helpers]
 
 
 Command = Callable[[int, dict[str, int]], tuple[list[str], dict[str, str]]]
@@ -200,6 +222,19 @@ def _kizuna_bare_command(port: int, helpers: dict[str, int]) -> tuple[list[str],
 def _py_websockets_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     script = BENCH_DIR / "peers" / "py_websockets_server.py"
     return [sys.executable, str(script), "--port", str(port)], {}
+
+
+def _kizuna_redis_command(port: int, helpers: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    argv, env = _kizuna_command(port, helpers)
+    return [*argv, "--broker", f"redis://127.0.0.1:{helpers['redis']}/0"], env
+
+
+def _py_websockets_redis_command(
+    port: int, helpers: dict[str, int]
+) -> tuple[list[str], dict[str, str]]:
+    script = BENCH_DIR / "peers" / "py_websockets_redis_server.py"
+    argv = [sys.executable, str(script), "--port", str(port)]
+    return [*argv, "--redis-port", str(helpers["redis"])], {}
 
 
 def _py_socketio_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
@@ -361,8 +396,36 @@ PEERS: dict[str, Peer] = {
             npm_dir=BENCH_DIR / "peers" / "seed-node",
             redis=True,
         ),
+        # --- Redis-backed peers (multi-node scenario `xnode`; `channels`) ---------------
+        Peer(
+            name="kizuna-redis",
+            protocol="kizuna",
+            command=_kizuna_redis_command,
+            description="kizuna serve, Redis broker (`--broker redis://…`, a private "
+            "redis-server), namespace `bench` (no history, no presence, no join/leave)",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+            redis=True,
+        ),
+        Peer(
+            name="py-websockets-redis",
+            protocol="guide",
+            command=_py_websockets_redis_command,
+            description="py-websockets with fan-out through Redis Pub/Sub (redis-py asyncio, "
+            "hiredis): PUBLISH per message, one Pub/Sub connection per process subscribed "
+            "to the channels it has subscribers for, websockets.broadcast()",
+            fanout_channel="chat:fanout",
+            idle_prefix="room-",
+            python=True,
+            redis=True,
+        ),
     ]
 }
+
+REDIS_TWINS = {"kizuna": "kizuna-redis", "py-websockets": "py-websockets-redis"}
+"""The same server with a Redis broker: what a multi-node scenario runs for a peer without."""
 
 
 def _locked_versions(lockfile: Path) -> dict[str, str]:
@@ -405,28 +468,74 @@ def running(peer: Peer, settings: Settings, label: str) -> Iterator[RunningServe
     proc = None
     try:
         if peer.redis:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise RuntimeError("redis-server not found (apt-get install redis-server)")
-            redis_port = procs.free_port()
-            redis_dir = settings.out / "redis" / secrets.token_hex(4)
-            redis_dir.mkdir(parents=True)
-            argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1"]
-            argv += ["--save", "", "--appendonly", "no", "--dir", str(redis_dir)]
-            redis = procs.start(
-                procs.pinned(settings.server_cpu, argv), log=logs / f"{label}-redis.log"
-            )
+            redis, helper_ports["redis"] = _start_redis(settings, label)
             helpers.append(redis)
-            procs.wait_for_port(redis_port, redis)
-            helper_ports["redis"] = redis_port
         port = procs.free_port()
         argv, env = peer.command(port, helper_ports)
         proc = procs.start(
             procs.pinned(settings.server_cpu, argv), env=env, log=logs / f"{label}.log"
         )
         procs.wait_for_port(port, proc)
-        yield RunningServer(peer, port, proc, helpers)
+        yield RunningServer(peer, port, proc, helpers, redis_port=helper_ports.get("redis"))
     finally:
         procs.stop(proc)
         for helper in helpers:
             procs.stop(helper)
+
+
+def _start_redis(settings: Settings, label: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server on a free port (never the machine's 6379), pinned with the server."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found (apt-get install redis-server)")
+    port = procs.free_port()
+    directory = settings.out / "redis" / secrets.token_hex(4)
+    directory.mkdir(parents=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+    log = settings.out / "logs" / f"{label}-redis.log"
+    redis = procs.start(procs.pinned(settings.server_cpu, argv), log=log)
+    try:
+        procs.wait_for_port(port, redis)
+    except BaseException:
+        procs.stop(redis)
+        raise
+    return redis, port
+
+
+@contextlib.contextmanager
+def running_nodes(
+    peer: Peer, settings: Settings, label: str, nodes: int, idle: int = 0
+) -> Iterator[RunningServer]:
+    """Start ``nodes`` + ``idle`` processes of ``peer`` sharing one private Redis.
+
+    All of them, and Redis, are pinned to the server core. The result is the first
+    node, with the others in ``nodes`` and the idle ones (which the load generator
+    never connects to) in ``idle_nodes``; its ``cpu_pids`` are the active nodes' and
+    Redis's.
+    """
+    if not peer.redis:
+        raise ValueError(f"{peer.name} has no Redis broker: it cannot run on several nodes")
+    if peer.npm_dir is not None:
+        npm_ci(peer.npm_dir)
+    started: list[RunningServer] = []
+    redis = None
+    try:
+        redis, redis_port = _start_redis(settings, label)
+        for i in range(nodes + idle):
+            port = procs.free_port()
+            argv, env = peer.command(port, {"redis": redis_port})
+            log = settings.out / "logs" / f"{label}-node{i + 1}.log"
+            proc = procs.start(procs.pinned(settings.server_cpu, argv), env=env, log=log)
+            started.append(RunningServer(peer, port, proc))
+            procs.wait_for_port(port, proc)
+        first, *others = started
+        first.helpers = [redis]
+        first.redis_port = redis_port
+        first.nodes = others[: nodes - 1]
+        first.idle_nodes = others[nodes - 1 :]
+        yield first
+    finally:
+        for server in started:
+            procs.stop(server.proc)
+        procs.stop(redis)

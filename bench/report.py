@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.peer import REDIS_TWINS
 from bench.profile import markdown as profile_markdown
 
 __all__ = ["render"]
@@ -342,6 +343,175 @@ def _external(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+# --- xnode (scenario X) and channels (scenario D) ----------------------------------------
+
+
+def _cpu(value: Any) -> str:
+    """A CPU percentage (JSON turns 2.0 into 2)."""
+    return _fmt(None if value is None else float(value))
+
+
+def _redis_per_100k(step: dict[str, Any]) -> float | None:
+    """Redis CPU (% of a core) per 100,000 deliveries/s at one step."""
+    redis = step.get("cpu", {}).get("redis")
+    rate = step.get("deliveriesPerSecond")
+    if redis is None or not rate:
+        return None
+    return float(redis) / (float(rate) / 100_000)
+
+
+def _nodes_cpu(step: dict[str, Any]) -> float | None:
+    """The server processes' CPU without Redis's (``server`` counts both)."""
+    cpu = step.get("cpu", {})
+    if cpu.get("server") is None:
+        return None
+    return float(cpu["server"]) - float(cpu.get("redis") or 0.0)
+
+
+def _xnode(results: Results, reference: str) -> list[str]:
+    rows = {p: r["xnode"] for p, r in results.items() if "xnode" in r}
+    if not rows:
+        return []
+    reference = REDIS_TWINS.get(reference, reference)  # xnode runs kizuna as kizuna-redis
+    rows = dict(sorted(rows.items(), key=lambda row: row[0] != reference))  # reference first
+    mine = rows.get(reference)
+    ref_best = (mine or {}).get("best") or {}
+    lines = [
+        "### Cross-node fan-out (xnode): highest rate with no loss and p99 under the limit",
+        "",
+        "Two processes of each server on one private Redis (all on the server core), the "
+        "subscribers split evenly over both, the publisher on the first. *At half* is one "
+        "step after the ladder at half the reference's highest passing rate "
+        f"({_fmt(ref_best.get('rate'))} msg/s for {reference}: "
+        f"{_fmt((ref_best.get('rate') or 0) // 2)} msg/s). Server CPU is both nodes "
+        "plus Redis, Redis also on its own.",
+        "",
+        "| server | nodes | subscribers | publish msg/s | deliveries/s | p99 ms "
+        "| server CPU % (nodes + Redis) | Redis CPU % | Redis CPU % per 100k deliveries/s "
+        "| at half: msg/s | at half: lost | at half: p99 ms | step that ended the ladder "
+        f"| deliveries/s per round | {reference} ÷ server |",
+        "| --- " + "| ---: " * 11 + "| --- | --- | ---: |",
+    ]
+    for peer, result in rows.items():
+        if not result.get("ok"):
+            lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 13)
+            continue
+        best = result.get("best") or {}
+        half = result.get("half") or {}
+        cpu = best.get("cpu", {})
+        last = result["steps"][-1] if result["steps"] else None
+        first_fail = _why(last) if last and not last["pass"] else "none (above the ladder)"
+        rounds = ", ".join(_fmt(int(r)) if r >= 0 else "none" for r in result.get("rounds", []))
+        lines.append(
+            f"| {peer} | {result.get('nodes', 1)} | {_fmt(result['subscribers'])} "
+            f"| {_fmt(best.get('publishRate'))} | {_fmt(best.get('deliveriesPerSecond'))} "
+            f"| {_fmt(best.get('p99'))} | {_cpu(cpu.get('server'))} | {_cpu(cpu.get('redis'))} "
+            f"| {_fmt(_redis_per_100k(best))} | {_fmt(half.get('rate'))} "
+            f"| {_fmt(half.get('lost'))} | {_fmt(half.get('p99'))} | {first_fail} | {rounds} "
+            f"| {_fanout_ratio(mine, result)} |"
+        )
+    lines += [
+        "",
+        "Every step of the reported round (CPU: % of one core over the publishing window; "
+        "nodes = both server processes without Redis):",
+        "",
+        "| server | step | rate/s | sent | deliveries/s | lost | disconnects | p50 ms | p99 ms "
+        "| max ms | nodes CPU % | Redis CPU % | Redis % per 100k deliveries/s "
+        "| generator CPU % | pass |",
+        "| --- " + "| ---: " * 13 + "| --- |",
+    ]
+    for peer, result in rows.items():
+        for s in result.get("steps", []) + [result[k] for k in ("half",) if result.get(k)]:
+            step = f"{s['step']} (half)" if s.get("half") else str(s["step"])
+            lines.append(
+                f"| {peer} | {step} | {_fmt(s['rate'])} | {_fmt(s['sent'])} "
+                f"| {_fmt(s['deliveriesPerSecond'])} | {_fmt(s['lost'])} | {s['disconnects']} "
+                f"| {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
+                f"| {_fmt(_nodes_cpu(s))} | {_cpu(s['cpu'].get('redis'))} "
+                f"| {_fmt(_redis_per_100k(s))} | {_cpu(s['cpu']['generator'])} "
+                f"| {'yes' if s['pass'] else 'no'} |"
+            )
+    return [*lines, "", *_idle_nodes(rows)]
+
+
+def _idle_nodes(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The evidence that a node without subscribers gets none of the channel's traffic."""
+    witnessed = {p: r["idleNode"] for p, r in rows.items() if r.get("idleNode", {}).get("nodes")}
+    if not witnessed:
+        return []
+    lines = [
+        "#### A node with no subscribers receives none of the channel's traffic",
+        "",
+        "During the ladder one more node of each server ran on the same Redis with no client "
+        "at all. What each node did from a second before the first step to the end of the "
+        "run (bytes read: `rchar` of /proc/PID/io, every read() of a socket, file or "
+        "event-loop wakeup; kizuna's own /metrics: publications fanned out to local "
+        "subscribers), and Redis's `PUBSUB NUMSUB` per channel with every subscriber "
+        "connected (the connections Redis sends that channel's messages to):",
+        "",
+        "| server | node | bytes read | CPU s | publications fanned out | deliveries |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for peer, w in witnessed.items():
+        for node, f in w["nodes"].items():
+            lines.append(
+                f"| {peer} | {node} | {_fmt(int(f['bytesRead']))} | {_fmt(f['cpuSeconds'], 2)} "
+                f"| {_fmt(f.get('kizuna_publications_fanned_out_total'), 0)} "
+                f"| {_fmt(f.get('kizuna_deliveries_total'), 0)} |"
+            )
+    lines += [
+        "",
+        "| server | nodes connected to Redis | PUBSUB NUMSUB, subscribers connected |",
+        "| --- | ---: | --- |",
+    ]
+    for peer, w in witnessed.items():
+        numsub = ", ".join(f"`{ch}`: {n}" for ch, n in w["numsub"].items()) or "none"
+        lines.append(f"| {peer} | {w['connectedNodes']} | {numsub} |")
+    return [*lines, ""]
+
+
+def _channels(results: Results, reference: str) -> list[str]:
+    rows = {p: r["channels"] for p, r in results.items() if "channels" in r}
+    if not rows:
+        return []
+    rows = dict(sorted(rows.items(), key=lambda row: row[0] != reference))  # reference first
+    ref = rows.get(reference, {})
+    mine = _nodes_cpu(ref["step"]) if ref.get("ok") else None
+    any_ok = next((r for r in rows.values() if r.get("ok")), None)
+    size = (
+        f"{any_ok['connections']:,} connections, each on its own channel; "
+        f"{any_ok['step']['rate']:,} msg/s to random channels for {any_ok['step']['sent']:,} "
+        "messages"
+        if any_ok
+        else ""
+    )
+    lines = [
+        f"### Many channels (channels): {size}",
+        "",
+        "CPU is % of one core over the publishing window: the server process, Redis on its "
+        "own where the server has one, and both. Lost = not delivered by the end of the drain. "
+        f"The ratio compares server process CPU: below 1, {reference} used less.",
+        "",
+        "| server | publish msg/s | delivered | lost | disconnects | p50 ms | p99 ms | max ms "
+        "| server process CPU % | Redis CPU % | server + Redis CPU % | generator CPU % "
+        f"| publisher errors | {reference} ÷ server (process CPU) |",
+        "| --- " + "| ---: " * 13 + "|",
+    ]
+    for peer, r in rows.items():
+        if not r.get("ok"):
+            lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 12)
+            continue
+        s = r["step"]
+        lines.append(
+            f"| {peer} | {_fmt(s['publishRate'])} | {_fmt(s['received'])} | {_fmt(s['lost'])} "
+            f"| {s['disconnects']} | {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
+            f"| {_fmt(_nodes_cpu(s))} | {_cpu(s['cpu'].get('redis'))} "
+            f"| {_cpu(s['cpu']['server'])} | {_cpu(s['cpu']['generator'])} "
+            f"| {_fmt(r.get('publisherErrors'))} | {_ratio(mine, _nodes_cpu(s))} |"
+        )
+    return [*lines, ""]
+
+
 def _profiles(results: Results) -> list[str]:
     lines: list[str] = []
     for peer, scenarios in results.items():
@@ -397,6 +567,8 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         *_cost(results, reference),
         *_idle(results, reference),
         *_connect(results, reference),
+        *_xnode(results, reference),
+        *_channels(results, reference),
         *_profiles(results),
     ]
     return "\n".join(lines).rstrip() + "\n"

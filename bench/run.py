@@ -1,6 +1,7 @@
 """Run the benchmark scenarios against kizuna and its peers, in one invocation.
 
-    .venv/bin/python -m bench.run                      # full run (10–13 minutes)
+    .venv/bin/python -m bench.run                      # full run (estimated 17–23 minutes)
+    .venv/bin/python -m bench.run --scenarios xnode    # issue #7's scenario X alone
     .venv/bin/python -m bench.run --quick              # small sizes, under a minute
     .venv/bin/python -m bench.run --scenarios fanout --peers kizuna,py-websockets --profile
     .venv/bin/python -m bench.run --url ws://HOST:PORT/connection/websocket --jwt-secret S
@@ -31,15 +32,25 @@ from pathlib import Path
 from typing import Any
 
 from bench import external, procs
-from bench.peer import PEERS, Peer, Settings, running
+from bench.peer import PEERS, REDIS_TWINS, Peer, Settings, running, running_nodes
 from bench.report import render
-from bench.scenarios import FULL, QUICK, Target, run_scenario
+from bench.scenarios import FULL, QUICK, Plan, Target, run_scenario
 
-SCENARIOS = ("fanout", "idle", "connect")
+SCENARIOS = ("fanout", "idle", "connect", "xnode", "channels")
+LADDERS = ("fanout", "xnode")
+"""Scenarios that climb a rate ladder: run in rounds, the best round counts."""
+OWN_NODES = ("xnode",)
+"""Scenarios that start their own nodes: not against an external target (--url)."""
+SCENARIO_PEERS = {
+    "xnode": "kizuna-redis,seed-node,py-websockets-redis",
+    "channels": "kizuna,kizuna-redis,py-websockets,py-websockets-redis,seed-node",
+}
+"""Who runs a scenario when --peers is not given (otherwise DEFAULT_PEERS)."""
 PER_WAIT = 20.0
 """Longest wait for a quiet machine before one server's turn, in seconds."""
 DEFAULT_PEERS = "kizuna,kizuna-chat,py-websockets,node-ws-local,seed-node"
 QUICK_PEERS = "kizuna,py-websockets"
+QUICK_SCENARIOS = "fanout,idle,connect"
 
 
 def _machine() -> str:
@@ -121,6 +132,39 @@ def _cpus(text: str) -> int | None:
     return None if text == "none" else int(text)
 
 
+# --- multi-node scenarios (xnode) ---------------------------------------------------------
+
+
+def _scenario_peers(scenario: str, peers: list[str]) -> list[str]:
+    """The peers a scenario runs: for xnode, each one's Redis-backed twin (or none)."""
+    if scenario != "xnode":
+        return peers
+    chosen: list[str] = []
+    for name in peers:
+        twin = name if PEERS[name].redis else REDIS_TWINS.get(name)
+        if twin is None:
+            print(f"[xnode] skipping {name}: it has no Redis broker", file=sys.stderr)
+        elif twin not in chosen:
+            chosen.append(twin)
+    return chosen
+
+
+def _reference_of(scenario: str, reference: str) -> str:
+    return REDIS_TWINS.get(reference, reference) if scenario == "xnode" else reference
+
+
+def _half_rate(scenario: str, name: str, reference: str, results: dict[str, Any]) -> int:
+    """xnode: every server's extra step runs at half the reference's best rate so far.
+
+    The reference itself (run first) uses half its own; 0 leaves it to the generator.
+    """
+    if scenario != "xnode" or name == reference:
+        return 0
+    kept = results.get(reference, {}).get(scenario)
+    best = kept.get("best") if kept and kept.get("ok") else None
+    return int(best["rate"]) // 2 if best else 0
+
+
 def _add_external_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "an external target",
@@ -159,11 +203,18 @@ def _external_peer(
 
 
 def _serve(
-    name: str, settings: Settings, label: str, target: tuple[Peer, str] | None
+    scenario: str,
+    name: str,
+    plan: Plan,
+    settings: Settings,
+    label: str,
+    target: tuple[Peer, str] | None,
 ) -> contextlib.AbstractContextManager[Target]:
-    """Start peer ``name`` for one scenario, or attach to the external target."""
+    """Start peer ``name`` for one scenario (xnode: its nodes), or attach to the external target."""
     if target is not None:
         return external.attached(*target)
+    if scenario == "xnode":
+        return running_nodes(PEERS[name], settings, label, plan.xnode_nodes, plan.xnode_idle_nodes)
     return running(PEERS[name], settings, label)
 
 
@@ -171,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"default: {','.join(SCENARIOS)} ({QUICK_SCENARIOS} with --quick; no {OWN_NODES[0]} "
+        "with --url)",
+    )
     parser.add_argument("--peers", default=None, help=f"default: {DEFAULT_PEERS}")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
@@ -191,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connects", type=int, help="connections per pass of the connect scenario")
     parser.add_argument("--connect-passes", type=int, help="passes of the connect scenario")
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
+    parser.add_argument("--channel-subscribers", type=int, help="channels: connections")
+    parser.add_argument("--channel-rate", type=int, help="channels: publications per second")
     parser.add_argument(
         "--quiet-below",
         type=float,
@@ -225,12 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides["connects"] = args.connects
     if args.connect_passes:
         overrides["connect_passes"] = args.connect_passes
+    if args.channel_subscribers:
+        overrides["channel_subscribers"] = args.channel_subscribers
+    if args.channel_rate:
+        overrides["channel_rate"] = args.channel_rate
     plan = dataclasses.replace(plan, **overrides)
 
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    peers = [
-        p for p in (args.peers or (QUICK_PEERS if args.quick else DEFAULT_PEERS)).split(",") if p
-    ]
+    everything = [s for s in SCENARIOS if target is None or s not in OWN_NODES]
+    asked = args.scenarios or (QUICK_SCENARIOS if args.quick else ",".join(everything))
+    scenarios = [s for s in asked.split(",") if s]
+    default = QUICK_PEERS if args.quick else DEFAULT_PEERS
+    peers = [p for p in (args.peers or default).split(",") if p]
     if target is not None:
         peers = [external.NAME]
     for name in peers:
@@ -239,8 +302,21 @@ def main(argv: list[str] | None = None) -> int:
     for name in scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        if target is not None and name in OWN_NODES:
+            parser.error(f"{name} starts its own nodes: it cannot run against --url")
+    runs = {
+        scenario: peers
+        if target is not None or args.peers or args.quick
+        else SCENARIO_PEERS.get(scenario, default).split(",")
+        for scenario in scenarios
+    }
+    if target is None:  # xnode: each peer's Redis-backed twin
+        runs = {scenario: _scenario_peers(scenario, names) for scenario, names in runs.items()}
+    ran = list(dict.fromkeys(name for names in runs.values() for name in names))
+    if not ran:
+        parser.error("no peer can run these scenarios")
 
-    reference = args.reference or ("kizuna" if "kizuna" in peers else peers[0])
+    reference = args.reference or ("kizuna" if "kizuna" in ran else ran[0])
     # Socket.IO peers climb a ladder scaled to them, unless the command line named the rates.
     plans = {
         name: plan.scaled(
@@ -248,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             rates="rates" not in overrides,
             overload="overload_rate" not in overrides,
         )
-        for name in peers
+        for name in ran
     }
 
     out: Path = args.out
@@ -280,14 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     # Scenario by scenario, round by round, server by server: a slow spell of the shared
     # machine then falls on every server's round, not on one server's whole ladder.
     for scenario in scenarios:
-        rounds = plan.rounds if scenario == "fanout" else 1
+        rounds = plan.rounds if scenario in LADDERS else 1
+        first = _reference_of(scenario, reference)
+        # The reference first: xnode's half-rate step of the others depends on its result.
+        order = sorted(runs[scenario], key=lambda n: n != first)
         for round_no in range(1, rounds + 1):
-            for name in peers:
+            for name in order:
                 label = f"{name}-{scenario}" + (f"-r{round_no}" if rounds > 1 else "")
                 background = quiet.wait(label)
-                with _serve(name, settings, label, target) as server:
+                half = _half_rate(scenario, name, first, results)
+                step_plan = dataclasses.replace(plans[name], half_rate=half)
+                with _serve(scenario, name, step_plan, settings, label, target) as server:
                     result = run_scenario(
-                        scenario, server, plans[name], settings, label, args.profile
+                        scenario, server, step_plan, settings, label, args.profile
                     )
                 result["round"] = round_no
                 result["background_cores"] = round(background, 2)
@@ -296,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(
                     json.dumps({"meta": meta, "results": results}, indent=2)
                 )
-    described = {n: (target[0] if target else PEERS[n]).description for n in peers}
+    described = {n: (target[0] if target else PEERS[n]).description for n in ran}
     report = render(meta, described, results, reference)
     (out / "results.md").write_text(report)
     print(report)

@@ -24,6 +24,18 @@ connect
     latency, server CPU, failures. Every connection is then closed; ``connect_passes``
     passes, the best counts.
 
+xnode (scenario X of issue #7)
+    The fanout ladder across nodes: two processes of a Redis-backed peer on one
+    private Redis, the subscribers split evenly over both, the publisher on the
+    first. After the ladder, one step at half the reference server's highest rate
+    (``half_rate``, set by bench/run.py) compares latency at the same load. A third,
+    idle node runs meanwhile: bench/witness.py shows it gets none of the traffic.
+
+channels (scenario D of issue #7)
+    N connections, each subscribed to its own channel; one publisher sends a steady
+    rate to channels drawn at random (seeded: the same for every server) for a fixed
+    time. Server CPU (and Redis's), loss and p99 of routing one-recipient messages.
+
 All stop by themselves: the ladder and every wait are bounded.
 """
 
@@ -43,6 +55,7 @@ from typing import Any
 from bench import procs
 from bench.external import ExternalServer
 from bench.peer import BENCH_DIR, RunningServer, Settings, npm_ci
+from bench.witness import IdleNodeWitness
 
 __all__ = ["FULL", "QUICK", "Plan", "run_scenario"]
 
@@ -81,6 +94,18 @@ class Plan:
     """Connections the connect scenario opens in each pass."""
     connect_passes: int = 3
     """Passes of the connect scenario against the same server (each reported; the best counts)."""
+    # --- xnode: the fanout ladder (subscribers, rates, ...) over several nodes -----------
+    xnode_nodes: int = 2
+    xnode_idle_nodes: int = 1
+    """Nodes started with no clients, to show they receive none of the traffic."""
+    half_rate: int = 0
+    """xnode's extra step, msg/s (0: half of the server's own highest passing rate)."""
+    # --- channels --------------------------------------------------------------------------
+    channel_subscribers: int = 2000
+    """Connections, each on its own channel."""
+    channel_rate: int = 5000
+    """Publications per second, each to one channel drawn at random."""
+    channel_seconds: float = 10.0
 
     def scaled(self, factor: float, *, rates: bool = True, overload: bool = True) -> Plan:
         """The same plan with its publish rates times ``factor`` (at least 1 msg/s each)."""
@@ -109,6 +134,9 @@ QUICK = Plan(
     idle_channels=10,
     connects=500,
     connect_passes=2,
+    channel_subscribers=200,
+    channel_rate=500,
+    channel_seconds=3.0,
 )
 
 
@@ -125,12 +153,13 @@ def _spec(scenario: str, server: Target, plan: Plan) -> dict[str, Any]:
         "httpBase": server.http_base,
         "token": peer.token(),
         "serverPids": server.cpu_pids,
+        "redisPids": server.redis_pids,
         "rssPid": server.pid,
         "clkTck": os.sysconf("SC_CLK_TCK"),
         "contentBytes": plan.content_bytes,
         "connectConcurrency": plan.connect_concurrency,
     }
-    if scenario == "fanout":
+    if scenario in ("fanout", "xnode"):
         spec.update(
             channel=peer.fanout_channel,
             subscribers=plan.subscribers,
@@ -143,6 +172,11 @@ def _spec(scenario: str, server: Target, plan: Plan) -> dict[str, Any]:
             overloadDrainSeconds=plan.overload_drain_seconds,
             p99LimitMs=plan.p99_limit_ms,
         )
+        if scenario == "xnode":
+            if not isinstance(server, RunningServer):
+                raise ValueError("xnode starts its own nodes: it cannot run against --url")
+            spec.update(urls=server.urls, httpBases=server.http_bases)
+            spec.update(halfStep=True, halfRate=plan.half_rate)
     elif scenario == "idle":
         spec.update(
             connections=plan.idle_connections,
@@ -151,6 +185,16 @@ def _spec(scenario: str, server: Target, plan: Plan) -> dict[str, Any]:
         )
     elif scenario == "connect":
         spec.update(_connect_spec(peer.tokens(plan.connects), plan))
+    elif scenario == "channels":
+        spec.update(
+            connections=plan.channel_subscribers,
+            channelPrefix=peer.idle_prefix,
+            rate=plan.channel_rate,
+            stepSeconds=plan.channel_seconds,
+            drainSeconds=plan.drain_seconds,
+            p99LimitMs=plan.p99_limit_ms,
+            seed=1,
+        )
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     return spec
@@ -221,6 +265,9 @@ def run_scenario(
     # Only a server of ours can be profiled: an external deployment (--url) has no pid.
     if profile and scenario in PROFILE_FROM and server.peer.python and server.pid:
         profiler = Profiler(server.pid, settings.out / f"profile-{label}.txt")
+    witness = None
+    if isinstance(server, RunningServer) and server.idle_nodes and server.redis_port is not None:
+        witness = IdleNodeWitness(server, server.redis_port)
     result: dict[str, Any] = {"ok": False, "error": "the load generator printed no result"}
     started = time.monotonic()
     assert gen.stdout is not None
@@ -232,10 +279,14 @@ def run_scenario(
                 _say(label, event["msg"])
                 if profiler is not None and event["msg"].startswith(PROFILE_FROM[scenario]):
                     profiler.start()
+                if witness is not None and event["msg"].startswith("fanout: all"):
+                    witness.start()  # subscribed, the ladder a second away
             elif kind == "step":
                 _say(label, _step_line(event))
             elif kind == "result":
                 result = event
+                if witness is not None:
+                    result["idleNode"] = witness.finish()
         gen.wait(30)
     finally:
         if profiler is not None:
@@ -252,12 +303,15 @@ def run_scenario(
 
 def _step_line(step: dict[str, Any]) -> str:
     verdict = "pass" if step["pass"] else "FAIL"
+    kind = " (half)" if step.get("half") else " (overload)" if step.get("overload") else ""
+    redis = f" (redis {step['cpu']['redis']}%)" if "redis" in step["cpu"] else ""
     server = step["cpu"]["server"]  # None for an external target: not ours to read
     return (
-        f"{step['rate']:>5}/s x{step['subscribers']} {verdict}: "
+        f"{step['rate']:>5}/s x{step['subscribers']}{kind} {verdict}: "
         f"{step['deliveriesPerSecond']:>8} deliveries/s, lost {step['lost']}, "
         f"p50 {step['p50']} ms p99 {step['p99']} ms max {step['max']:.1f} ms, "
-        f"cpu server {'—' if server is None else server}% generator {step['cpu']['generator']}%"
+        f"cpu server {'—' if server is None else server}%{redis} "
+        f"generator {step['cpu']['generator']}%"
     )
 
 

@@ -70,6 +70,7 @@ def test_the_connect_spec_carries_one_token_per_connection() -> None:
         ["--url", "http://h/", "--token", "T"],
         ["--url", "ws://h/", "--token", "T", "--peers", "kizuna"],
         ["--jwt-secret", "S"],  # without --url
+        ["--url", "ws://h/", "--token", "T", "--scenarios", "xnode"],  # starts its own nodes
     ],
 )
 def test_bad_external_options_are_refused(argv: list[str]) -> None:

@@ -103,6 +103,7 @@ function cpuSnapshot() {
     self: (self.user + self.system) / 1e6,
     selfSystem: self.system / 1e6,
     servers: (spec.serverPids || []).map(procCpuSeconds),
+    redis: (spec.redisPids || []).map(procCpuSeconds),
     selfWait: runDelaySeconds(process.pid),
     serverWait: runDelaySeconds((spec.serverPids || [process.pid])[0]),
   };
@@ -112,7 +113,7 @@ function cpuSnapshot() {
 function cpuPercent(a, b) {
   const wall = (b.wall - a.wall) / 1000;
   const pct = (x, y) => Math.round(((y - x) / wall) * 1000) / 10;
-  return {
+  const cpu = {
     generator: pct(a.self, b.self),
     generatorSystem: pct(a.selfSystem, b.selfSystem),
     server: b.servers.length
@@ -121,6 +122,11 @@ function cpuPercent(a, b) {
     generatorWaiting: pct(a.selfWait, b.selfWait),
     serverWaiting: pct(a.serverWait, b.serverWait),
   };
+  // Redis, when the server has one: already in `server`, also shown on its own.
+  if (b.redis.length) {
+    cpu.redis = Math.round(b.redis.reduce((s, v, i) => s + pct(a.redis[i], v), 0) * 10) / 10;
+  }
+  return cpu;
 }
 
 // CPU microseconds per delivery, over the whole step (publishing and drain): unlike latency,
@@ -128,10 +134,12 @@ function cpuPercent(a, b) {
 function costPerDelivery(a, b, deliveries) {
   if (deliveries === 0) return { server: null, generator: null };
   const per = (x, y) => Math.round(((y - x) / deliveries) * 1e6 * 100) / 100;
-  return {
+  const cost = {
     server: b.servers.length ? b.servers.reduce((s, v, i) => s + per(a.servers[i], v), 0) : null,
     generator: per(a.self, b.self),
   };
+  if (b.redis.length) cost.redis = b.redis.reduce((s, v, i) => s + per(a.redis[i], v), 0);
+  return cost;
 }
 
 // --- per-step delivery statistics -----------------------------------------------------------
@@ -298,8 +306,8 @@ const adapters = {
     publish: wsProtocols.kizuna.publish,
   },
   // The guide's Socket.IO chat (section 3): joinRoom(room) with an ack, message({roomId,
-  // content}) → the room gets newMessage({userId, content, timestamp}). spec.url is the
-  // namespace's URL; spec.token, if any, goes in auth.token.
+  // content}) → the room gets newMessage({userId, content, timestamp}). The client's URL
+  // (spec.url, or its node's) is the namespace's; its token, if any, goes in auth.token.
   socketio: {
     connect: connectSocketIO,
     publish(client, room, text) {
@@ -321,14 +329,22 @@ const disconnects = {};
 let unexpectedCloses = 0;
 let shuttingDown = false;
 
+// Every node's URLs: several only in the multi-node scenario (xnode), the first being spec.url's.
+const nodeUrls = spec.urls || [spec.url];
+const nodeHttpBases = spec.httpBases || [spec.httpBase];
+
 // Open one connection; resolves once the adapter says it is subscribed (or, for a publisher,
-// connected). channel === null opens a publisher. `token` (kizuna) replaces the spec's shared one.
-function openClient(channel, token) {
+// connected). channel === null opens a publisher. `token` (kizuna) replaces the spec's shared
+// one; `node` picks the server node (spec.urls / spec.httpBases, one per node; the first, which
+// is spec.url, by default) for the multi-node scenario.
+function openClient(channel, { token, node = 0 } = {}) {
   return new Promise((resolve, reject) => {
     let settled = false;
     const client = {
       channel,
       token,
+      url: nodeUrls[node], // this node's spec.url
+      httpBase: nodeHttpBases[node], // this node's spec.httpBase
       probed: false,
       isReady: false,
       received: 0,
@@ -336,6 +352,10 @@ function openClient(channel, token) {
       errors: 0,
       isOpen: () => false,
       terminate() {},
+      close() {
+        client.terminate();
+      },
+      onClose: null, // called when the connection ends (closeCleanly counts on it)
       ready() {
         client.isReady = true;
         if (!settled) {
@@ -356,6 +376,7 @@ function openClient(channel, token) {
       },
       // The connection ended: a disconnect unless we are the ones closing everything.
       closed(code) {
+        if (client.onClose) client.onClose();
         if (!shuttingDown) {
           unexpectedCloses++;
           disconnects[code] = (disconnects[code] || 0) + 1;
@@ -369,7 +390,7 @@ function openClient(channel, token) {
 }
 
 function connectWebSocket(client, protocol) {
-  const ws = new WebSocket(spec.url, {
+  const ws = new WebSocket(client.url, {
     perMessageDeflate: false,
     skipUTF8Validation: spec.skipUtf8 ?? true,
     handshakeTimeout: 30000,
@@ -377,6 +398,7 @@ function connectWebSocket(client, protocol) {
   client.ws = ws;
   client.isOpen = () => ws.readyState === WebSocket.OPEN;
   client.terminate = () => ws.terminate();
+  client.close = () => ws.close(1000);
   client.send = (obj) => ws.send(JSON.stringify(obj));
   ws.on('open', () => protocol.open(client, client.channel));
   ws.on('message', (buf) => {
@@ -399,10 +421,10 @@ const sseAgent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
 const EVENT_END = Buffer.from('\n\n');
 
 function connectSSE(client) {
-  const url = `${spec.httpBase}/connection/sse?channels=${encodeURIComponent(client.channel)}`;
+  const url = `${client.httpBase}/connection/sse?channels=${encodeURIComponent(client.channel)}`;
   const req = http.get(url, {
     agent: sseAgent,
-    headers: { Authorization: `Bearer ${spec.token}`, Accept: 'text/event-stream' },
+    headers: { Authorization: `Bearer ${client.token ?? spec.token}`, Accept: 'text/event-stream' },
   });
   let open = false;
   let rest = null; // the start of an event the last chunk cut off
@@ -439,17 +461,18 @@ function connectSSE(client) {
 }
 
 function connectSocketIO(client) {
-  const socket = io(spec.url, {
+  const socket = io(client.url, {
     transports: ['websocket'],
     forceNew: true, // one Engine.IO connection per client, not one shared by all
     reconnection: false, // a lost subscriber is a disconnect, not a silent reconnect
     perMessageDeflate: false,
     timeout: 30000,
-    auth: spec.token ? { token: spec.token } : {},
+    auth: (client.token ?? spec.token) ? { token: client.token ?? spec.token } : {},
   });
   client.socket = socket;
   client.isOpen = () => socket.connected;
   client.terminate = () => socket.disconnect();
+  client.close = () => socket.disconnect(); // socket.io's clean close: a disconnect packet
   socket.on('connect', () => {
     if (client.channel === null) {
       client.ready();
@@ -483,7 +506,7 @@ function countOccurrences(buf, needle) {
   return n;
 }
 
-async function openMany(n, channelOf) {
+async function openMany(n, channelOf, nodeOf = () => 0) {
   const clients = [];
   const errors = {};
   let next = 0;
@@ -492,7 +515,7 @@ async function openMany(n, channelOf) {
     while (next < n) {
       const i = next++;
       try {
-        clients.push(await openClient(channelOf(i)));
+        clients.push(await openClient(channelOf(i), { node: nodeOf(i) }));
       } catch (err) {
         failed++;
         const key = String(err.message || err).slice(0, 120);
@@ -523,23 +546,28 @@ function closeAll(clients) {
 
 // --- scenarios ------------------------------------------------------------------------------
 
+// fanout, and xnode: the same ladder with the subscribers split evenly over several nodes
+// (spec.urls) and the publisher on the first one.
 async function fanout() {
   const n = spec.subscribers;
   const channel = spec.channel;
-  log(`fanout: opening ${n} subscribers on ${channel}`);
+  const nodeCount = nodeUrls.length;
+  const nodes = nodeCount > 1 ? ` over ${nodeCount} nodes` : '';
+  log(`fanout: opening ${n} subscribers on ${channel}${nodes}`);
   const t0 = performance.now();
-  const opened = await openMany(n, () => channel);
+  const opened = await openMany(n, () => channel, (i) => i % nodeCount);
   const subs = opened.clients;
   log(`fanout: ${subs.length} subscribed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   if (opened.failed) {
     emit({ event: 'result', ok: false, error: 'subscribers failed', errors: opened.errors });
     return;
   }
-  const publisher = await openClient(null);
+  const publisher = await openClient(null); // on the first node
   if (!(await probe(publisher, [channel], n, 60000))) {
     emit({ event: 'result', ok: false, error: `probe: ${probedCount}/${n} subscribers live` });
     return;
   }
+  log(`fanout: all ${n} subscribers live`);
   await sleep(spec.settleMs ?? 1000); // let join/leave and probe traffic die down
   log(`fanout: steps start (rates ${spec.rates.join(', ')} msg/s, ${spec.stepSeconds} s each)`);
 
@@ -577,6 +605,16 @@ async function fanout() {
     }
     if (gone || failedInARow >= (spec.stopAfter ?? 2)) break;
   }
+  // xnode: one step at half a maximum rate (spec.halfRate: the reference server's; else this
+  // server's own), where the latency is compared.
+  let half = null;
+  const halfRate = spec.halfRate || (best ? Math.floor(best.rate / 2) : 0);
+  if (spec.halfStep && halfRate > 0 && subs.every((c) => c.isOpen())) {
+    await backlogDrained();
+    half = await runStep(++stepId, halfRate, publisher, subs);
+    half.half = true;
+    emit({ event: 'step', ...half });
+  }
   // One step at a fixed high rate, the same for every server (above the peers' limits), with
   // a longer drain. Does the server still deliver everything, late, or does it lose messages
   // or subscribers?
@@ -592,11 +630,13 @@ async function fanout() {
   emit({
     event: 'result',
     ok: true,
-    scenario: 'fanout',
+    scenario: spec.scenario,
     subscribers: subs.length,
+    nodes: nodeCount,
     steps: results,
     best,
     noLoss,
+    half,
     overload,
     maxGeneratorCpu: genCpu,
     publisherAcks: publisher.acks,
@@ -618,7 +658,17 @@ async function backlogDrained() {
   }
 }
 
-async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainSeconds) {
+// Where a step's messages go: fanout sends all to spec.channel, which every subscriber follows.
+const FANOUT_ROUTE = { channel: () => spec.channel, recipients: (live) => live };
+
+async function runStep(
+  stepId,
+  rate,
+  publisher,
+  subs,
+  drainSeconds = spec.drainSeconds,
+  route = FANOUT_ROUTE,
+) {
   const st = stepStats(stepId);
   const seconds = spec.stepSeconds;
   const total = Math.max(1, Math.round(rate * seconds));
@@ -627,10 +677,11 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
   const cpu0 = cpuSnapshot();
   const start = performance.now();
   let sent = 0;
+  // Paced, not bursty: every millisecond, whatever is due by now (a few messages at most).
   await new Promise((resolve) => {
     function tick() {
       const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
-      while (sent < due) adapter.publish(publisher, spec.channel, content(stepId, ++sent));
+      while (sent < due) adapter.publish(publisher, route.channel(), content(stepId, ++sent));
       if (sent >= total) resolve();
       else setTimeout(tick, 1);
     }
@@ -640,7 +691,7 @@ async function runStep(stepId, rate, publisher, subs, drainSeconds = spec.drainS
   // The step's window is sent / rate seconds, though its last message leaves 1 / rate earlier:
   // at 1 msg/s, 3 messages take 2 s, and dividing by 2 s would claim 1.5 msg/s.
   const publishSeconds = Math.max((performance.now() - start) / 1000, sent / rate);
-  const expected = sent * live;
+  const expected = sent * route.recipients(live);
   await until(() => st.received >= expected, (drainSeconds ?? 3) * 1000);
   st.closed = true;
   const cpu2 = cpuSnapshot();
@@ -709,6 +760,58 @@ async function idle() {
   closeAll([...opened.clients, publisher]);
 }
 
+// Scenario D: many channels, one subscriber each (its own channel); one publisher sends a
+// steady rate to channels drawn at random, so every message has exactly one recipient. What
+// it measures is the per-publication cost of routing, not of fan-out: server CPU, loss, p99.
+async function channels() {
+  const n = spec.connections;
+  const names = Array.from({ length: n }, (_, i) => `${spec.channelPrefix}${i}`);
+  log(`channels: opening ${n} subscribers, one channel each`);
+  const t0 = performance.now();
+  const opened = await openMany(n, (i) => names[i]);
+  const subs = opened.clients;
+  log(`channels: ${subs.length} subscribed in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  if (opened.failed) {
+    emit({ event: 'result', ok: false, error: 'subscribers failed', errors: opened.errors });
+    closeAll(subs);
+    return;
+  }
+  const publisher = await openClient(null);
+  if (!(await probe(publisher, names, n, 60000))) {
+    emit({ event: 'result', ok: false, error: `probe: ${probedCount}/${n} subscribers live` });
+    closeAll([...subs, publisher]);
+    return;
+  }
+  await sleep(spec.settleMs ?? 1000);
+  log(`channels: steps start (${spec.rate} msg/s to random channels for ${spec.stepSeconds} s)`);
+  const random = seededRandom(spec.seed ?? 1);
+  const route = { channel: () => names[Math.floor(random() * n)], recipients: () => 1 };
+  const step = await runStep(1, spec.rate, publisher, subs, spec.drainSeconds, route);
+  emit({ event: 'step', ...step });
+  emit({
+    event: 'result',
+    ok: true,
+    scenario: 'channels',
+    connections: subs.length,
+    step,
+    publisherAcks: publisher.acks,
+    publisherErrors: publisher.errors,
+  });
+  closeAll([...subs, publisher]);
+}
+
+// mulberry32: the same "random" channels for every server of a run.
+function seededRandom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 // --- scenario C: connect rate ---------------------------------------------------------------
 //
 // `connects` connections with `connectConcurrency` handshakes in flight. A connection counts as
@@ -725,22 +828,23 @@ function sortedPercentile(sorted, q) {
   return Math.round(sorted[rank - 1] * 100) / 100;
 }
 
-// Close every connection with a close frame and wait (bounded) until all are closed.
+// Close every connection cleanly (a WebSocket close frame; Socket.IO's disconnect packet) and
+// wait (bounded) until all are closed. One already gone counts as closed.
 async function closeCleanly(clients, timeoutMs = 30000) {
   shuttingDown = true;
   let closed = 0;
   const t0 = performance.now();
   for (const c of clients) {
-    if (c.ws.readyState === WebSocket.CLOSED) {
+    if (!c.isOpen()) {
       closed++;
       continue;
     }
-    c.ws.once('close', () => closed++);
-    c.ws.close(1000);
+    c.onClose = () => closed++;
+    c.close();
   }
   const all = await until(() => closed >= clients.length, timeoutMs);
   const seconds = Math.round((performance.now() - t0) / 10) / 100;
-  if (!all) for (const c of clients) c.ws.terminate();
+  if (!all) for (const c of clients) c.terminate();
   return { seconds, closed };
 }
 
@@ -761,7 +865,7 @@ async function connectPass(pass) {
       const token = tokens.length ? tokens[i % tokens.length] : undefined;
       const started = performance.now();
       try {
-        clients.push(await openClient(null, token));
+        clients.push(await openClient(null, { token }));
         latencies.push(performance.now() - started);
       } catch (err) {
         failed++;
@@ -775,7 +879,7 @@ async function connectPass(pass) {
   const cpu1 = cpuSnapshot();
   // Still there a moment later? A server that answers and then drops is not connecting.
   await sleep(spec.holdMs ?? 1000);
-  const dropped = clients.filter((c) => c.ws.readyState !== WebSocket.OPEN).length;
+  const dropped = clients.filter((c) => !c.isOpen()).length;
   const closing = await closeCleanly(clients);
   latencies.sort((a, b) => a - b);
   return {
@@ -842,7 +946,7 @@ async function connect() {
   emit(result);
 }
 
-const scenarios = { fanout, idle, connect };
+const scenarios = { fanout, idle, xnode: fanout, channels, connect };
 
 scenarios[spec.scenario]()
   .then(() => setTimeout(() => process.exit(0), 200))
