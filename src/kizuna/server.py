@@ -9,6 +9,7 @@ from the framework.
 from __future__ import annotations
 
 import contextlib
+import gc
 import secrets
 import signal
 import socket
@@ -149,6 +150,7 @@ class Server:
         await self.node.start()
         self.broker_up = 1.0
         grpc_server = await self._start_grpc() if self.config.grpc_port else None
+        _freeze_startup_objects()
         try:
             yield
         finally:
@@ -239,6 +241,19 @@ class Server:
 
     async def serve(self) -> None:
         await _UvicornServer(self.uvicorn_config(), self.node, self.config.drain_window).serve()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what exists at startup out of every later cyclic-GC pass.
+
+    Modules, classes and functions of kizuna and its libraries are tens of
+    thousands of GC-tracked objects that live as long as the process; every full
+    collection would walk them again — a pause of tens of milliseconds, taken in
+    the middle of someone's fan-out. ``gc.freeze()`` moves them to a permanent
+    generation (they are still freed by reference counting if ever released).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class _UvicornServer(uvicorn.Server):
