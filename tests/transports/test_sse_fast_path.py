@@ -14,8 +14,9 @@ import orjson
 
 from kizuna.core.auth import mint_token
 from kizuna.protocol.cursor import decode_cursor
+from kizuna.protocol.messages import StreamPosition
 from kizuna.server import Server
-from kizuna.transports.sse import SSETransport
+from kizuna.transports.sse import SSETransport, _LineCache
 from tests.support.inprocess import serving
 from tests.support.processes import JWT_SECRET
 from tests.transports.sse_reader import events
@@ -70,3 +71,35 @@ async def test_publications_take_the_synchronous_path_and_keep_their_cursor() ->
     assert [data["data"] for _, data in pubs] == [{"n": n} for n in range(5)]
     offsets = [decode_cursor(cursor)["chat:fast"].offset for cursor, _ in pubs]
     assert offsets == [data["offset"] for _, data in pubs] == sorted(offsets)
+
+
+def test_a_shared_line_is_decoded_once_for_every_stream() -> None:
+    line = orjson.dumps({"push": "pub", "channel": "live:x", "data": {"n": 1}})
+    streams = [SSETransport(None) for _ in range(3)]
+    events = [stream._events(line) for stream in streams]
+    assert events[0] == b"event: pub\ndata: " + line + b"\n\n"
+    assert events[1] is events[0] and events[2] is events[0]  # built once, shared
+
+
+def test_cursor_events_stay_per_stream() -> None:
+    a, b = SSETransport(None), SSETransport(None)
+    other = orjson.dumps({"push": "position", "channel": "chat:b", "offset": 7, "epoch": "e"})
+    assert b._events(other) == b""  # a position line moves the cursor, says nothing
+    pub = orjson.dumps({"push": "pub", "channel": "chat:a", "offset": 3, "epoch": "e", "data": 1})
+    [id_a] = [f for f in a._events(pub).split(b"\n") if f.startswith(b"id: ")]
+    [id_b] = [f for f in b._events(pub).split(b"\n") if f.startswith(b"id: ")]
+    assert decode_cursor(id_a[4:].decode()) == {"chat:a": StreamPosition(3, "e")}
+    assert decode_cursor(id_b[4:].decode()) == {
+        "chat:b": StreamPosition(7, "e"),
+        "chat:a": StreamPosition(3, "e"),
+    }
+
+
+def test_the_line_cache_starts_afresh_past_its_budget() -> None:
+    cache = _LineCache(budget=100)
+    first = orjson.dumps({"push": "pub", "channel": "live:x", "data": "a" * 40})
+    second = orjson.dumps({"push": "pub", "channel": "live:x", "data": "b" * 40})
+    assert len(first) + len(second) > 100
+    assert cache.get(first) is cache.get(first)  # held
+    cache.get(second)  # over budget: everything before it is let go
+    assert first not in cache._lines and second in cache._lines

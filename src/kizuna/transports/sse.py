@@ -26,6 +26,7 @@ Clients publish with ``POST /connection/publish`` (see http_publish.py).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -81,6 +82,62 @@ def _marker(kind: str, channel: str, position: StreamPosition) -> bytes:
     return orjson.dumps(
         {"push": kind, "channel": channel, "offset": position.offset, "epoch": position.epoch}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """What one queued line means for an SSE stream, decoded once for every stream."""
+
+    kind: bytes
+    data: bytes
+    channel: str | None = None
+    position: StreamPosition | None = None
+    """Where the line moves its channel's cursor (then the event carries an ``id:``)."""
+    event: bytes | None = None
+    """The whole event, when it carries no cursor and so is the same for every stream."""
+
+
+_POSITION_KIND = _POSITION.encode()
+
+
+class _LineCache:
+    """Queued lines, decoded once for every stream.
+
+    A fan-out queues the same bytes object for every subscriber, so a thousand
+    SSE streams would decode the same JSON a thousand times; keyed by the bytes
+    (whose hash Python keeps in the object), each line is decoded once. Lines
+    unique to one stream (replies) pass through too, so the cache starts afresh
+    when it holds ``budget`` bytes.
+    """
+
+    __slots__ = ("_held", "_lines", "budget")
+
+    def __init__(self, budget: int = 4 * 1024 * 1024) -> None:
+        self.budget = budget
+        self._lines: dict[bytes, _Line] = {}
+        self._held = 0
+
+    def get(self, data: bytes) -> _Line:
+        line = self._lines.get(data)
+        if line is not None:
+            return line
+        message = orjson.loads(data)
+        kind = message.get("push", "reply")
+        if kind in (_POSITION, _GAP) or (kind == "pub" and "offset" in message):
+            position = StreamPosition(message["offset"], message["epoch"])
+            line = _Line(kind.encode(), data, message["channel"], position)
+        else:
+            event = b"event: %s\ndata: %s\n\n" % (kind.encode(), data)
+            line = _Line(kind.encode(), data, event=event)
+        if self._held + len(data) > self.budget:
+            self._lines.clear()
+            self._held = 0
+        self._lines[data] = line
+        self._held += len(data)
+        return line
+
+
+_line = _LineCache().get
 
 
 class SSETransport:
@@ -139,26 +196,21 @@ class SSETransport:
         """The SSE events for one frame of queued lines (and the cursor they move)."""
         if b"\xe2\x80\xa8" in frame or b"\xe2\x80\xa9" in frame or b"\xc2\x85" in frame:
             frame = _escape_line_separators(frame)
-        events = []
-        for line in frame.split(b"\n"):
-            message = orjson.loads(line)
-            kind = message.get("push", "reply")
-            if kind == _POSITION:
-                self.positions[message["channel"]] = StreamPosition(
-                    message["offset"], message["epoch"]
-                )
-                continue
-            if kind == _GAP or (kind == "pub" and "offset" in message):
-                self.positions[message["channel"]] = StreamPosition(
-                    message["offset"], message["epoch"]
-                )
-            else:
-                self._said_goodbye = self._said_goodbye or kind == "disconnect"
-                events.append(b"event: %s\ndata: %s\n\n" % (kind.encode(), line))
-                continue
-            cursor = encode_cursor(self.positions).encode()
-            events.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, kind.encode(), line))
-        return b"".join(events)
+        if b"\n" not in frame:  # one message: usually the bytes every subscriber shares
+            return self._event(_line(frame))
+        return b"".join([self._event(_line(line)) for line in frame.split(b"\n")])
+
+    def _event(self, line: _Line) -> bytes:
+        if line.event is not None:  # the same for every stream: built once
+            if line.kind == b"disconnect":
+                self._said_goodbye = True
+            return line.event
+        assert line.channel is not None and line.position is not None
+        self.positions[line.channel] = line.position
+        if line.kind == _POSITION_KIND:
+            return b""
+        cursor = encode_cursor(self.positions).encode()
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (cursor, line.kind, line.data)
 
     async def comment(self, text: str) -> None:
         await self._body(b": " + text.encode() + b"\n\n")
