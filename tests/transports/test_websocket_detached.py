@@ -153,3 +153,30 @@ async def test_writable_flag_wakes_its_waiters() -> None:
         await cancelled
     flag.set()  # a cancelled waiter is not woken twice, nothing raises
     assert flag.is_set()
+
+
+async def test_compressed_and_plain_connections_get_the_same_fan_out() -> None:
+    """With compression on, each connection deflates its own frames; plain ones share theirs."""
+    async with serving(websocket_compression=True) as (_, port):
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        token = mint_token(JWT_SECRET, "squeezed")
+        sockets = []
+        for compression in ("deflate", None, "deflate", None):
+            ws = await websockets.connect(url, compression=compression, max_queue=None)
+            await command(ws, 1, "connect", token=token)
+            await command(ws, 2, "subscribe", channel="chat:squeeze")
+            sockets.append(ws)
+        assert [bool(ws.protocol.extensions) for ws in sockets] == [True, False, True, False]
+        publisher = await connected(url, "presser")
+        for n in range(3):
+            await command(publisher, 10 + n, "publish", channel="chat:squeeze", data={"n": n})
+        for ws in sockets:
+            got: list[int] = []
+            while len(got) < 3:
+                for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
+                    message = orjson.loads(line)
+                    if message.get("push") == "pub":
+                        got.append(message["data"]["n"])
+            assert got == [0, 1, 2]
+            await ws.close()
+        await publisher.close()

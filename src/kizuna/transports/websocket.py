@@ -19,6 +19,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
 from kizuna.core.client import Client, ClientState
 from kizuna.core.node import Node
 from kizuna.exceptions import AuthError
@@ -31,6 +34,33 @@ __all__ = ["WebSocketEndpoint", "WebSocketTransport"]
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
+
+
+class _LastFrame:
+    """The wire form of the last text frame written, for the next subscriber of the fan-out.
+
+    A server's frames are not masked, so without compression a message's wire bytes
+    are the same for every connection; the node's flush writes the same bytes
+    object to every subscriber of a publication one after another. The
+    ``websockets`` library frames it once (``Frame.serialize``), and the other
+    subscribers get those bytes. Keyed by identity: the cache holds the frame, so
+    its id cannot be reused while cached.
+    """
+
+    __slots__ = ("_frame", "_wire")
+
+    def __init__(self) -> None:
+        self._frame: bytes | None = None
+        self._wire = b""
+
+    def text_frame(self, frame: bytes) -> bytes:
+        if frame is not self._frame:
+            self._wire = Frame(Opcode.TEXT, frame).serialize(mask=False)
+            self._frame = frame
+        return self._wire
+
+
+_wire = _LastFrame()
 
 
 class WebSocketTransport:
@@ -73,8 +103,13 @@ class WebSocketTransport:
         ):
             return False
         conn = protocol.conn
-        conn.send_text(frame)
-        protocol.transport.write(b"".join(conn.data_to_send()))
+        if conn.extensions:  # compression: each connection deflates with its own context
+            conn.send_text(frame)
+            protocol.transport.write(b"".join(conn.data_to_send()))
+        elif conn.state is State.OPEN:
+            protocol.transport.write(_wire.text_frame(frame))
+        else:
+            return False
         return True
 
     async def write(self, frame: bytes) -> None:
