@@ -54,7 +54,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         _add_trace_ids,
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a debug event below the level is dropped before the
+        # timestamp and the rest are made (it was ~4 % of a connect's CPU at "warning").
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
