@@ -84,6 +84,15 @@ async def test_alg_none_is_refused() -> None:
     assert await refused(auth, token) == ErrorCode.UNAUTHORIZED
 
 
+async def test_only_hs256_is_accepted_with_a_secret() -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    claims = {"sub": "a", "exp": soon()}
+    assert (await auth.authenticate(jwt.encode(claims, SECRET, algorithm="HS256"))).user == "a"
+    for algorithm in ("HS384", "HS512"):  # the same secret, another algorithm
+        token = jwt.encode(claims, SECRET, algorithm=algorithm)
+        assert await refused(auth, token) == ErrorCode.UNAUTHORIZED
+
+
 async def test_rs256_public_key_used_as_hs256_secret_is_refused() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = (

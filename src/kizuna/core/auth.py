@@ -14,6 +14,7 @@ Security rules this module keeps (each has a test in tests/core/test_auth.py):
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,16 @@ def _algorithms_for_public_key(pem: str) -> tuple[Any, list[str]]:
     raise ConfigError(["jwt_public_key: only RSA and EC keys are supported"])
 
 
+def _hmac_key(secret: str) -> jwt.PyJWK:
+    """The HS256 secret as a key PyJWT has already prepared.
+
+    Given a plain string, PyJWT prepares the key again on every decode — checks
+    that it is not a PEM or JSON key, encodes it — a few percent of a connect.
+    """
+    k = base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()
+    return jwt.PyJWK({"kty": "oct", "k": k, "alg": "HS256"})
+
+
 class JWTAuthenticator:
     """Verifies tokens against one configured key source."""
 
@@ -68,9 +79,9 @@ class JWTAuthenticator:
         self._keys: list[tuple[Any, list[str]]] = []
         self._jwks: PyJWKClient | None = None
         if settings.secret:
-            self._keys.append((settings.secret, ["HS256"]))
+            self._keys.append((_hmac_key(settings.secret), ["HS256"]))
             if settings.previous_secret:
-                self._keys.append((settings.previous_secret, ["HS256"]))
+                self._keys.append((_hmac_key(settings.previous_secret), ["HS256"]))
         if settings.public_key:
             self._keys.append(_algorithms_for_public_key(settings.public_key))
         if settings.jwks_url:
