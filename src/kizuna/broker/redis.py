@@ -7,7 +7,8 @@ redis-py unchanged (``ssl_ca_certs``, ...).
 
 The parts: redis_client.py (options, clients, error translation),
 redis_scripts.py (key names, Lua), redis_envelope.py (the bytes on the wire),
-redis_pubsub.py (Pub/Sub connections and their reader), redis_presence.py.
+redis_pubsub.py (Pub/Sub connections and their reader), redis_pipeline.py
+(publishes, pipelined on a connection of their own), redis_presence.py.
 This module ties them into the Broker and PresenceStore ports.
 
 What each operation costs
@@ -16,6 +17,11 @@ What each operation costs
   the next offset, XADDs, sets the TTL, remembers an idempotency key and
   PUBLISHes — atomic, so the offset returned is the offset every node sees;
 * publish without history: one PUBLISH;
+* on standalone Redis, publishes (and join/leave) do not go through redis-py's
+  pool: they are queued and pipelined on one connection, many per write
+  (redis_pipeline.py), so a publisher's next publish need not wait for this
+  one's reply (:attr:`RedisBroker.pipelines_publishes`). Redis Cluster keeps
+  redis-py's cluster client, which routes every command to its slot's owner;
 * subscribe: one SUBSCRIBE on this node's Pub/Sub connection, only for
   channels with local subscribers (see redis_pubsub.py);
 * history and recovery: one script reading the stream;
@@ -62,6 +68,7 @@ from kizuna.broker.redis_envelope import (
     encode_tail,
     unhistoried,
 )
+from kizuna.broker.redis_pipeline import PublishPipeline
 from kizuna.broker.redis_presence import RedisPresence
 from kizuna.broker.redis_pubsub import Subscriber, SubscriberSettings
 from kizuna.broker.redis_scripts import HISTORY, PUBLISH, ChannelKeys
@@ -113,6 +120,13 @@ class RedisBroker:
         self._publish_script = client.register_script(PUBLISH)
         self._history_script = client.register_script(HISTORY)
         self._presence = RedisPresence(client, options.prefix, self._call)
+        self._pipeline: PublishPipeline | None = None
+        if self._cluster is None:
+            self._pipeline = PublishPipeline(
+                lambda: self._connection("", "publish"),
+                timeout=options.socket_timeout,
+                script=(self._publish_script.sha, PUBLISH),
+            )
         self._handler: BrokerEventHandler | None = None
         self._slots: dict[bytes, _Slot] = {}
         self._subscribers: dict[str, Subscriber] = {}
@@ -147,6 +161,8 @@ class RedisBroker:
         cannot (it crashed) must not leave them forever — which is what the TTL is for.
         """
         self._handler = None  # not healthy any more, and nothing is delivered
+        if self._pipeline is not None:
+            await self._pipeline.close()
         await self._presence.close()
         for task in list(self._background):
             task.cancel()
@@ -177,6 +193,17 @@ class RedisBroker:
 
     # --- publishing ----------------------------------------------------------------------
 
+    @property
+    def pipelines_publishes(self) -> bool:
+        """Whether a publish takes its place in Redis's order when called, before it awaits.
+
+        True on standalone Redis (redis_pipeline.py): calls made in order are
+        applied in that order, so a caller may start its next publish without
+        awaiting this one (the Node lets one client's publishes overlap). False
+        on Redis Cluster, where each call finds its own connection.
+        """
+        return self._pipeline is not None
+
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:
@@ -184,31 +211,53 @@ class RedisBroker:
 
         An idempotency key only applies with history (as in the memory broker):
         the key remembers the position, and a publication without history has none.
+        Nothing before the pipeline's ``send`` awaits: see :attr:`pipelines_publishes`.
         """
         keys = ChannelKeys.of(self._options.prefix, channel)
         tail = encode_tail(pub)
+        pipeline = self._pipeline
+        if pipeline is not None:
+            if options.history_size <= 0:
+                await pipeline.send(self._publish_command, keys.pubsub, unhistoried(tail))
+                return StreamPosition(0, "")
+            result = await pipeline.send_script(
+                self._publish_keys(keys, options.idempotency_key),
+                self._publish_args(keys, tail, options),
+            )
+            return StreamPosition(int(result[0]), _text(result[1]))
         if options.history_size <= 0:
             if self._publish_command == "spublish":
                 await self._call(self._redis.spublish(keys.pubsub, unhistoried(tail)))
             else:
                 await self._call(self._redis.publish(keys.pubsub, unhistoried(tail)))
             return StreamPosition(0, "")
-        key = options.idempotency_key
         result = await self._call(
             self._publish_script(
-                keys=[keys.stream, keys.meta, keys.idempotency(key) if key else keys.meta],
-                args=[
-                    keys.pubsub,
-                    tail,
-                    options.history_size,
-                    _ms(options.history_ttl),
-                    _new_epoch(),
-                    self._publish_command,
-                    _ms(self._options.idempotency_window) if key else 0,
-                ],
+                keys=self._publish_keys(keys, options.idempotency_key),
+                args=self._publish_args(keys, tail, options),
             )
         )
         return StreamPosition(int(result[0]), _text(result[1]))
+
+    @staticmethod
+    def _publish_keys(keys: ChannelKeys, idempotency_key: str | None) -> list[str]:
+        """KEYS of redis_scripts.PUBLISH."""
+        key = idempotency_key
+        return [keys.stream, keys.meta, keys.idempotency(key) if key else keys.meta]
+
+    def _publish_args(
+        self, keys: ChannelKeys, tail: bytes, options: PublishOptions
+    ) -> list[str | bytes | int]:
+        """ARGV of redis_scripts.PUBLISH."""
+        return [
+            keys.pubsub,
+            tail,
+            options.history_size,
+            _ms(options.history_ttl),
+            _new_epoch(),
+            self._publish_command,
+            _ms(self._options.idempotency_window) if options.idempotency_key else 0,
+        ]
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._publish_raw(channel, encode_info(JOIN, info))
@@ -218,7 +267,9 @@ class RedisBroker:
 
     async def _publish_raw(self, channel: str, payload: bytes) -> None:
         name = ChannelKeys.of(self._options.prefix, channel).pubsub
-        if self._publish_command == "spublish":
+        if self._pipeline is not None:
+            await self._pipeline.send(self._publish_command, name, payload)
+        elif self._publish_command == "spublish":
             await self._call(self._redis.spublish(name, payload))
         else:
             await self._call(self._redis.publish(name, payload))
@@ -251,7 +302,7 @@ class RedisBroker:
     def _new_subscriber(self, label: str) -> Subscriber:
         subscriber = Subscriber(
             label or "redis",
-            lambda: self._pubsub_connection(label),
+            lambda: self._connection(label, "pubsub"),
             self._settings,
             deliver=self._deliver,
             resync=self._catch_up,
@@ -261,8 +312,9 @@ class RedisBroker:
         self._subscribers[label] = subscriber
         return subscriber
 
-    def _pubsub_connection(self, label: str) -> AbstractConnection:
-        """A fresh connection for Pub/Sub: to ``label`` (host:port) in Cluster, else the server."""
+    def _connection(self, label: str, role: str) -> AbstractConnection:
+        """A fresh connection of its own (Pub/Sub, publishing): to ``label`` (host:port) in
+        Cluster, else the server. Not from the pool: it stays with its one user."""
         client = self._redis
         connection_class: type[AbstractConnection]
         if isinstance(client, RedisCluster):
@@ -272,8 +324,8 @@ class RedisBroker:
         else:
             pool = client.connection_pool
             connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
-        kwargs["client_name"] = f"{self._options.prefix}-pubsub"
-        kwargs["protocol"] = 2  # messages as plain arrays, read by our own loop
+        kwargs["client_name"] = f"{self._options.prefix}-{role}"
+        kwargs["protocol"] = 2  # messages and replies as plain arrays, read by our own loops
         connection: AbstractConnection = connection_class(**kwargs)
         return connection
 

@@ -8,6 +8,8 @@ Life of a connection
    client that sends nothing within ``connect_timeout`` is closed with 3007.
 3. After connect, commands are answered in order. Replies and pushes share one
    outbound queue, so a client sees them in the order the server made them.
+   Publishes may overlap (see "Pipelined publishes"); their replies still
+   come in command order.
 4. The connection ends with a disconnect code: sent by the server
    (:meth:`close`) or observed by the transport (:meth:`transport_closed`).
 
@@ -18,6 +20,27 @@ Outbound queue and writer
 3002 (reconnect and recover) instead of holding memory or slowing others. A
 writer task exists only while there is something to write; it takes the whole
 queue at once and writes it as one newline-delimited frame.
+
+Pipelined publishes
+-------------------
+With a broker that fixes a publish's place in its order when called (the
+Node's ``pipelines_publishes``: Redis), waiting for each publish's broker reply
+before handing over the next would cost a round trip per publish and a write
+per reply. Instead:
+
+1. A publish is handed to the broker by a task of its own, started at once;
+   tasks start in creation order, so the broker takes one connection's
+   publishes in command order (per-channel order holds). ``handle_command``
+   returns as soon as the task exists, and the transport reads on.
+2. Its reply gets a place in :attr:`Client._replies` when the command arrives
+   and is queued when it and every reply before it are ready: replies come
+   in command order, several per frame.
+3. Any other command first waits until every earlier publish is answered
+   (a barrier): a history, presence or subscribe sees the client's own
+   publications, and its reply comes after theirs.
+4. At most :data:`MAX_PIPELINED_PUBLISHES` are unanswered; the next publish
+   waits for room, and while it waits the transport reads nothing more, so a
+   flood is held back as before. Rate limits count each command as it arrives.
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -51,7 +75,14 @@ from kizuna.protocol.messages import (
 if TYPE_CHECKING:
     from kizuna.core.node import Node
 
-__all__ = ["Client", "ClientState"]
+__all__ = ["MAX_PIPELINED_PUBLISHES", "Client", "ClientState"]
+
+MAX_PIPELINED_PUBLISHES = 256
+"""Most unanswered publishes per connection (module doc, "Pipelined publishes", 4).
+
+Enough to keep the broker's pipeline busy for a fast publisher; few enough that
+a flood is held back in the kernel rather than in tasks and futures.
+"""
 
 
 class ClientState(Enum):
@@ -67,11 +98,13 @@ class Client:
     """A connection's state, its subscriptions and its outbound queue."""
 
     __slots__ = (
+        "_answered",
         "_expiry_timer",
         "_queue",
         "_queued_bytes",
         "_refilled_at",
         "_refused",
+        "_replies",
         "_scheduled",
         "_tokens",
         "_write_nowait",
@@ -117,6 +150,10 @@ class Client:
         self._tokens = float(node.options.command_burst)
         self._refilled_at = time.monotonic()
         self._refused = 0
+        self._replies: deque[_PendingReply] | None = None
+        """Places of the replies to unanswered pipelined publishes, in command order."""
+        self._answered: asyncio.Future[None] | None = None
+        """Resolved when one of them is answered; made only while someone waits."""
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.info.user!r} {self.state.value}>"
@@ -296,6 +333,13 @@ class Client:
         if self.state is ClientState.CONNECTING and not isinstance(command, Connect):
             await self.close(DisconnectCode.BAD_REQUEST, "connect first")
             return
+        if type(command) is Publish and self.node.pipelines_publishes:
+            await self._pipeline_publish(command, started)
+            return
+        if self._replies:  # the barrier (module doc, "Pipelined publishes", 3)
+            await self._wait_for_replies(0)
+            if self.state is ClientState.CLOSED:
+                return
         if not self.allow_command():
             if self._refused > self.node.options.command_burst:
                 await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
@@ -324,6 +368,89 @@ class Client:
         self.node.events.command_handled(
             self.transport.name, method, time.perf_counter() - started, error
         )
+
+    # --- pipelined publishes (module doc) -----------------------------------------------
+
+    async def _pipeline_publish(self, command: Publish, started: float) -> None:
+        """Start ``command``'s publish without waiting for the broker's reply."""
+        replies = self._replies
+        if replies is not None and len(replies) >= MAX_PIPELINED_PUBLISHES:
+            await self._wait_for_replies(MAX_PIPELINED_PUBLISHES - 1)
+            if self.state is ClientState.CLOSED:
+                return
+            replies = self._replies
+        if replies is None:
+            replies = self._replies = deque()
+        pending = _PendingReply()
+        replies.append(pending)
+        if self.allow_command():
+            pending.task = self.node.loop.create_task(self._run_publish(command, pending, started))
+            return
+        if self._refused > self.node.options.command_burst:
+            replies.pop()
+            await self._wait_for_replies(0)
+            await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
+            return
+        error = ErrorCode.TOO_MANY_REQUESTS
+        pending.data = codec.encode_error_reply(command.id, error, error.description)
+        self._release_replies()
+        self.node.events.command_handled(
+            self.transport.name, "publish", time.perf_counter() - started, error
+        )
+
+    async def _run_publish(self, command: Publish, pending: _PendingReply, started: float) -> None:
+        error = 0
+        try:
+            result = await self._publish(command)
+            pending.data = codec.encode_reply(command.id, result)
+        except ProtocolError as exc:
+            error = exc.code
+            pending.data = codec.encode_error_reply(command.id, exc.code, exc.message)
+        except BrokerError:
+            error = ErrorCode.BROKER_UNAVAILABLE
+            pending.data = codec.encode_error_reply(command.id, error, ErrorCode(error).description)
+        finally:
+            if pending.data is None:  # a bug or a cancellation: answer anyway, in order
+                error = ErrorCode.INTERNAL
+                pending.data = codec.encode_error_reply(
+                    command.id, error, ErrorCode(error).description
+                )
+            pending.task = None
+            self._release_replies()
+            self.node.events.command_handled(
+                self.transport.name, "publish", time.perf_counter() - started, error
+            )
+
+    def _release_replies(self) -> None:
+        """Queue the replies that are ready and have none unready before them."""
+        replies = self._replies
+        if replies is None:
+            return
+        while replies and replies[0].data is not None:
+            data = replies.popleft().data
+            assert data is not None
+            self.enqueue(data)
+        if not replies:
+            self._replies = None  # an idle connection holds no deque
+        answered = self._answered
+        if answered is not None:
+            self._answered = None
+            if not answered.done():  # done: its waiter was cancelled
+                answered.set_result(None)
+
+    async def _wait_for_replies(self, most: int) -> None:
+        """Wait until at most ``most`` pipelined publishes are unanswered (or closed)."""
+        while (
+            self._replies is not None
+            and len(self._replies) > most
+            and self.state is not ClientState.CLOSED
+        ):
+            answered = self._answered
+            if answered is None:
+                answered = self._answered = self.node.loop.create_future()
+            await answered
+
+    # --- commands --------------------------------------------------------------------------
 
     async def _connect(self, cmd: Connect) -> dict[str, Any] | None:
         if self.state is ClientState.CONNECTED:
@@ -472,6 +599,9 @@ class Client:
         if self.state is ClientState.CLOSED:
             return
         if flush:
+            # Publishes under way may already be applied: answer them before closing,
+            # so that a client does not retry what was published.
+            await self._wait_for_replies(0)
             await self.flush()
             if self.closed:  # closed by someone else while flushing
                 return
@@ -508,6 +638,17 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
+
+
+class _PendingReply:
+    """The place of one pipelined publish's reply: empty until it is answered."""
+
+    __slots__ = ("data", "task")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.task: asyncio.Task[None] | None = None
+        """The publish under way; held here so that it is not garbage-collected."""
 
 
 _HANDLERS: dict[type, Handler] = {

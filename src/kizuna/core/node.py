@@ -106,6 +106,11 @@ class Node:
     ) -> None:
         self.broker = broker
         self.presence_store = presence
+        self.pipelines_publishes = bool(getattr(broker, "pipelines_publishes", False))
+        """The broker fixes a publish's place in its order when :meth:`publish` is called,
+        before the first await (an optional capability: redis.RedisBroker on standalone
+        Redis). Then a client's publishes may overlap (client.Client._pipeline_publish)
+        and still be applied in command order; other brokers run them one at a time."""
         self.authenticator = authenticator
         self.options = options or NodeOptions()
         self.events: NodeEvents = events or NoEvents()
@@ -429,7 +434,11 @@ class Node:
         options: NamespaceOptions | None = None,
         traceparent: str | None = None,
     ) -> StreamPosition:
-        """Publish ``data`` (JSON bytes) to ``channel`` on every node."""
+        """Publish ``data`` (JSON bytes) to ``channel`` on every node.
+
+        Nothing here awaits before the broker's ``publish`` is called, so a broker
+        that :attr:`pipelines_publishes` takes the publication in call order.
+        """
         if options is None:
             options = self.rules.options(channel)
         publish_options = PublishOptions(

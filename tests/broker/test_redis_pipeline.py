@@ -1,0 +1,144 @@
+"""The Redis broker's publish pipeline (broker/redis_pipeline.py) against real redis-servers.
+
+Publishes started together must be applied in the order they were started,
+share one connection, answer each with its own position or error, and survive
+what happens to that connection: Redis going away, the connection being
+killed while idle, the script cache being flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from kizuna.broker.redis import RedisBroker
+from kizuna.broker.redis_scripts import ChannelKeys
+from kizuna.core.ports import PublishOptions
+from kizuna.exceptions import BrokerError, BrokerUnavailable
+from kizuna.protocol.messages import StreamPosition
+from tests.broker.conftest import RedisBrokers
+from tests.broker.contract import HISTORY, NO_HISTORY, pub, unique
+from tests.support.processes import RedisProcess
+
+StartRedis = Callable[..., RedisProcess]
+
+
+async def publish_connections(url: str, prefix: str) -> list[int]:
+    """Ids of the connections the broker publishes on (by client name)."""
+    async with aioredis.from_url(url) as client:
+        listed = await client.client_list()
+    return [int(c["id"]) for c in listed if c.get("name") == f"{prefix}-publish"]
+
+
+@pytest.mark.parametrize("options", [HISTORY, NO_HISTORY], ids=["history", "no-history"])
+async def test_publishes_started_together_are_applied_in_order_on_one_connection(
+    redis_server: RedisProcess, brokers: RedisBrokers, options: PublishOptions
+) -> None:
+    broker, recorder = await brokers.start(redis_server.url)
+    assert broker.pipelines_publishes
+    channel = unique()
+    await broker.subscribe(channel)
+    count = 500
+    positions = await asyncio.gather(
+        *(broker.publish(channel, pub(b"%d" % i), options) for i in range(count))
+    )
+    if options is HISTORY:
+        offsets = [p.offset for p in positions]
+        assert offsets == list(range(1, count + 1))
+    await recorder.until(lambda: len(recorder.on(channel)) == count)
+    assert [p.data for p, _ in recorder.on(channel)] == [b"%d" % i for i in range(count)]
+    assert len(await publish_connections(redis_server.url, brokers.prefix)) == 1
+
+
+async def test_idempotency_keys_hold_within_one_batch(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    broker, _ = await brokers.start(redis_server.url)
+    channel = unique()
+    keyed = PublishOptions(history_size=100, history_ttl=60.0, idempotency_key="k")
+    positions = await asyncio.gather(*(broker.publish(channel, pub(), keyed) for _ in range(3)))
+    assert len(set(positions)) == 1
+    assert [p.offset for p in (await broker.history(channel)).publications] == [1]
+
+
+async def test_an_error_reply_fails_only_its_own_publish(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    broker, _ = await brokers.start(redis_server.url)
+    broken, fine = unique(), unique()
+    async with aioredis.from_url(redis_server.url) as client:
+        await client.set(ChannelKeys.of(brokers.prefix, broken).meta, "not a hash")
+    results = await asyncio.gather(
+        broker.publish(fine, pub(), HISTORY),
+        broker.publish(broken, pub(), HISTORY),
+        broker.publish(fine, pub(), HISTORY),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], BrokerError) and not isinstance(results[1], BrokerUnavailable)
+    first, last = results[0], results[2]
+    assert isinstance(first, StreamPosition) and isinstance(last, StreamPosition)
+    assert (first.offset, last.offset) == (1, 2)
+
+
+async def test_a_killed_idle_connection_is_replaced_without_a_failure(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    broker, _ = await brokers.start(redis_server.url)
+    channel = unique()
+    await broker.publish(channel, pub(), HISTORY)
+    [connection] = await publish_connections(redis_server.url, brokers.prefix)
+    async with aioredis.from_url(redis_server.url) as client:
+        await client.client_kill_filter(_id=connection)
+    await asyncio.sleep(0.1)  # the broker's loop sees the close
+    position = await broker.publish(channel, pub(), HISTORY)
+    assert position.offset == 2
+
+
+async def test_a_flushed_script_fails_one_publish_then_is_loaded_again(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    broker, _ = await brokers.start(redis_server.url)
+    channel = unique()
+    await broker.publish(channel, pub(), HISTORY)
+    async with aioredis.from_url(redis_server.url) as client:
+        await client.script_flush()
+    with pytest.raises(BrokerUnavailable):  # refused, never applied out of order
+        await broker.publish(channel, pub(), HISTORY)
+    assert (await broker.publish(channel, pub(), HISTORY)).offset == 2
+
+
+async def test_publishes_fail_while_redis_is_down_and_work_again_after(
+    own_redis: StartRedis, brokers: RedisBrokers
+) -> None:
+    redis = own_redis()
+    broker, _ = await brokers.start(redis.url)
+    channel = unique()
+    await broker.publish(channel, pub(), HISTORY)
+    redis.stop()
+    results = await asyncio.gather(
+        *(broker.publish(channel, pub(), HISTORY) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, BrokerUnavailable) for r in results), results
+    own_redis(redis.port)
+    position = await broker.publish(channel, pub(), HISTORY)
+    assert position.offset >= 1
+
+
+async def test_close_fails_what_is_queued(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    broker: RedisBroker
+    broker, _ = await brokers.start(redis_server.url)
+    channel = unique()
+    queued = [asyncio.ensure_future(broker.publish(channel, pub(), HISTORY)) for _ in range(5)]
+    await asyncio.sleep(0)  # handed to the pipeline, not yet written
+    await broker.close()
+    brokers.started.remove(broker)
+    for future in queued:
+        with pytest.raises(BrokerUnavailable):
+            await future
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish(channel, pub(), HISTORY)

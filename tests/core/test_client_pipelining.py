@@ -1,0 +1,157 @@
+"""Pipelined publishes (core/client.py): overlapping, yet answered and applied in order.
+
+The broker here is the memory broker made to behave like the Redis one: it
+declares ``pipelines_publishes``, records each publish when it is called (its
+place in the order) and answers only when the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from kizuna.broker.memory import MemoryBroker
+from kizuna.core.client import MAX_PIPELINED_PUBLISHES, ClientState
+from kizuna.core.ports import PublishOptions
+from kizuna.exceptions import BrokerUnavailable
+from kizuna.protocol.codes import DisconnectCode
+from kizuna.protocol.messages import Publication, StreamPosition
+from tests.core.test_node import cmd, connected, make_node, settle
+
+
+class HeldBroker(MemoryBroker):
+    """A memory broker whose publishes wait for :meth:`answer`, like Redis replies."""
+
+    pipelines_publishes = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called: list[Any] = []
+        self.gates: list[asyncio.Future[BaseException | None]] = []
+
+    async def publish(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> StreamPosition:
+        gate: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.called.append(orjson.loads(pub.data))
+        self.gates.append(gate)
+        failure = await gate
+        if failure is not None:
+            raise failure
+        return await super().publish(channel, pub, options)
+
+    def answer(self, *indexes: int, failure: BaseException | None = None) -> None:
+        for i in indexes or range(len(self.gates)):
+            if not self.gates[i].done():
+                self.gates[i].set_result(failure)
+
+
+def ids(transport: Any) -> list[int]:
+    return [m["id"] for m in transport.messages() if "id" in m and m["id"] > 1]
+
+
+async def test_publishes_reach_the_broker_before_any_reply_and_are_answered_in_order() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    for i in range(5):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    await settle()
+    assert broker.called == [0, 1, 2, 3, 4]  # all handed over, in order, none answered
+    broker.answer(3, 1)
+    await settle()
+    assert ids(transport) == []  # 0 is not answered: nothing may overtake it
+    broker.answer(0)
+    await settle()
+    assert ids(transport) == [10, 11]
+    broker.answer()
+    await settle()
+    assert ids(transport) == [10, 11, 12, 13, 14]
+
+
+async def test_another_command_waits_for_the_publishes_before_it() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    for i in range(3):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    history = asyncio.ensure_future(client.handle_frame(cmd(20, "history", channel="chat:a")))
+    await settle()
+    assert not history.done()  # the barrier: the inbox reads nothing more meanwhile
+    broker.answer()
+    await history
+    await settle()
+    assert ids(transport) == [10, 11, 12, 20]
+    pubs = transport.reply(20)["result"]["publications"]
+    assert [p["data"] for p in pubs] == [0, 1, 2]
+
+
+async def test_at_most_max_publishes_are_unanswered() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    for i in range(MAX_PIPELINED_PUBLISHES):
+        await client.handle_frame(cmd(10 + i, "publish", channel="live:a", data=i))
+    one_more = asyncio.ensure_future(
+        client.handle_frame(cmd(9999, "publish", channel="live:a", data="last"))
+    )
+    await settle()
+    assert not one_more.done()
+    assert len(broker.called) == MAX_PIPELINED_PUBLISHES
+    broker.answer(0)
+    await one_more
+    await settle()
+    assert broker.called[-1] == "last"
+    broker.answer()
+    await settle()
+    assert ids(transport) == [*range(10, 10 + MAX_PIPELINED_PUBLISHES), 9999]
+
+
+async def test_broker_failures_answer_113_in_their_place() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    for i in range(3):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    await settle()
+    broker.answer(1, failure=BrokerUnavailable("down"))
+    broker.answer()
+    await settle()
+    assert ids(transport) == [10, 11, 12]
+    codes = [transport.reply(10 + i).get("error", {}).get("code") for i in range(3)]
+    assert codes == [None, 113, None]
+
+
+async def test_command_rate_still_applies_to_pipelined_publishes() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker, command_rate=1, command_burst=3)
+    client, transport = await connected(node)  # the connect took one token
+    frame = b"\n".join(cmd(i, "publish", channel="live:a", data=i) for i in range(2, 8))
+    handled = asyncio.ensure_future(client.handle_frame(frame))
+    await settle()
+    assert broker.called == [2, 3]
+    broker.answer()
+    await handled
+    await settle()
+    codes = [m.get("error", {}).get("code") for m in transport.messages() if m.get("id", 1) > 1]
+    assert codes == [None, None, 111, 111, 111]
+    assert transport.closed is not None
+    assert transport.closed[0] == DisconnectCode.TOO_MANY_REQUESTS
+    assert client.state is ClientState.CLOSED
+
+
+async def test_a_polite_close_answers_the_publishes_under_way_first() -> None:
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    for i in range(3):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    closing = asyncio.ensure_future(client.close(DisconnectCode.SHUTDOWN, flush=True))
+    await settle()
+    assert not closing.done()
+    broker.answer()
+    await closing
+    assert ids(transport) == [10, 11, 12]
+    assert transport.closed is not None and transport.closed[0] == DisconnectCode.SHUTDOWN
