@@ -53,6 +53,11 @@ class MemoryBroker:
     def from_url(cls, url: str, **_: Any) -> MemoryBroker:
         return cls()
 
+    @property
+    def pipelines_publishes(self) -> bool:
+        """No: a publish completes in the call (nothing to overlap)."""
+        return False
+
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())

@@ -106,7 +106,7 @@ class Node:
     ) -> None:
         self.broker = broker
         self.presence_store = presence
-        self.pipelines_publishes = bool(getattr(broker, "pipelines_publishes", False))
+        self.pipelines_publishes = broker.pipelines_publishes
         """The broker fixes a publish's place in its order when :meth:`publish` is called,
         before the first await (an optional capability: redis.RedisBroker on standalone
         Redis). Then a client's publishes may overlap (client.Client._pipeline_publish)

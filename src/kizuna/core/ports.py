@@ -79,6 +79,13 @@ class Broker(Protocol):
        acknowledged that was not stored.
     """
 
+    @property
+    def pipelines_publishes(self) -> bool:
+        """True when :meth:`publish` takes its place in the broker's order as it is called,
+        before its first await: a client may then hand over its next publish without
+        waiting for this one's reply (see core/client.py). False: one at a time."""
+        ...
+
     async def start(self, handler: BrokerEventHandler) -> None: ...
 
     async def close(self) -> None: ...
