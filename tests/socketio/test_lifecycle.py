@@ -158,6 +158,57 @@ async def test_slow_client_is_disconnected_and_others_get_everything(
         await stalled.aclose()
 
 
+async def test_slow_websocket_client_is_disconnected_and_others_get_everything(
+    limited: KizunaProcess, sio: SioDriver, uid: str, http: httpx.AsyncClient
+) -> None:
+    """A WebSocket client that stops reading: packets written straight to its socket fill
+    the kernel's and uvicorn's buffers, the rest wait in its outbox, which overflows (3002)."""
+    room = f"room-{uid}"
+    url = limited.url + "/chat"
+    fast = await sio.open(url, auth={"token": token(f"fast-{uid}")}, transports=["websocket"])
+    stalled = await SioDriver.start()
+    try:
+        slow = await stalled.open(
+            url, auth={"token": token(f"slow-{uid}")}, transports=["websocket"]
+        )
+        for sock in (fast, slow):
+            assert (await sock.ack("joinRoom", room))["ok"]
+        await stalled.drain(0.2)
+        name = "kizuna_slow_client_disconnects_total"
+        before = metric((await http.get(f"{limited.url}/metrics")).text, name, transport="socketio")
+        os.kill(stalled.process.pid, signal.SIGSTOP)  # it stops reading: the buffers fill up
+        try:
+            blob = "x" * 60_000
+            sent = 0
+            while sent < 2000:  # far more than loopback TCP buffers hold (a few MB)
+                response = await http.post(
+                    f"{limited.url}/api/publish",
+                    json={"channel": f"chat:{room}", "data": {"n": sent, "blob": blob}},
+                    headers={"Authorization": f"apikey {API_KEY}"},
+                )
+                assert response.status_code == 200, response.text
+                sent += 1
+                if sent % 10 == 0:
+                    text = (await http.get(f"{limited.url}/metrics")).text
+                    if metric(text, name, transport="socketio") > before:
+                        break
+            assert metric(text, name, transport="socketio") == before + 1
+            got = [(await fast.expect_event("newMessage"))[0]["n"] for _ in range(sent)]
+            assert got == list(range(sent)), "a slow member held up the room"
+        finally:
+            os.kill(stalled.process.pid, signal.SIGCONT)
+        # Once it reads again it gets what its socket held, then sees the connection end.
+        await slow.expect("disconnect", within=15)
+        events = await stalled.drain(0.2)
+        received = [e["args"][0]["n"] for e in events if e.get("name") == "newMessage"]
+        assert len(received) < sent
+        assert received == list(range(len(received))), "what it got came in order"
+        notices = [e["args"] for e in events if e.get("name") == "serverDisconnect"]
+        assert notices == [[{"code": 3002, "reason": "slow", "reconnect": True}]]
+    finally:
+        await stalled.aclose()
+
+
 async def test_shutdown_closes_with_3001_and_clients_reconnect(sio: SioDriver, uid: str) -> None:
     """A restarting node: 3001, transport close, and socket.io-client reconnects by itself."""
     room = f"room-{uid}"

@@ -87,6 +87,7 @@ from kizuna.transports.socketio_packets import (
     room_channel,
     socketio_namespace,
 )
+from kizuna.transports.socketio_websocket import EngineWebSocket
 
 __all__ = ["SOCKETIO_PATH", "UNAUTHORIZED", "SocketIOServer", "socketio_app"]
 
@@ -124,7 +125,16 @@ def socketio_app(node: Node, settings: HandshakeSettings) -> Any:
 
 
 class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's server, with an :class:`Outbox` as each connection's queue."""
+    """python-engineio's server, with an :class:`Outbox` as each connection's queue.
+
+    Its WebSocket wrapper is :class:`EngineWebSocket`, which writes packets
+    without the writer task when that keeps their order (socketio_websocket.py).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A copy: python-engineio's driver table is shared by every server in the process.
+        self._async: dict[str, Any] = {**self._async, "websocket": EngineWebSocket}
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Outbox:
         return Outbox()

@@ -6,7 +6,8 @@ Pieces
   engineio creates it through ``create_queue``), counted in bytes so that a
   connection that falls behind is found, as a native one is, by
   ``client_queue_max_bytes``. Every namespace multiplexed on the connection
-  writes into it.
+  writes into it. On an upgraded WebSocket whose writer is idle, a packet
+  put into an empty outbox is written at once instead (socketio_websocket.py).
 * :class:`SocketIOClient` — one Socket.IO namespace connection as a kizuna
   :class:`~kizuna.core.client.Client`: registered on the node (limits,
   metrics, presence), subscribed to channels. Its :meth:`~SocketIOClient.enqueue`
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio  # type: ignore[import-untyped]
 
@@ -56,6 +57,9 @@ from kizuna.transports.socketio_packets import (
     event_packet,
     room_channel,
 )
+
+if TYPE_CHECKING:
+    from kizuna.transports.socketio_websocket import DirectWriter
 
 __all__ = ["TRANSPORT", "KizunaManager", "Outbox", "SocketIOClient", "SocketIOTransport"]
 
@@ -86,6 +90,36 @@ class Outbox(asyncio.Queue[Any]):
         """The namespace connections multiplexed on this Engine.IO connection."""
         self.closing_code: int | None = None
         """Set when the server closes the whole connection; the code its clients close with."""
+        self.direct: DirectWriter | None = None
+        """Set while the connection has a WebSocket (socketio_websocket.py)."""
+        self.waiting = 0
+        """How many readers (the WebSocket writer task, a long-poll) wait in :meth:`get`."""
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue ``item``, or write it at once if that cannot overtake anything.
+
+        At once only when the outbox is empty and a reader waits in :meth:`get`:
+        a reader suspended there has sent everything it took. Every put
+        (python-engineio's ``send`` and ``put`` too) comes through here, so the
+        order on the wire is the order of the calls.
+        """
+        direct = self.direct
+        if (
+            direct is not None
+            and self.waiting
+            and item is not None
+            and self.empty()
+            and direct.write(item)
+        ):
+            return
+        super().put_nowait(item)
+
+    async def get(self) -> Any:
+        self.waiting += 1
+        try:
+            return await super().get()
+        finally:
+            self.waiting -= 1
 
     def _put(self, item: Any) -> None:
         super()._put(item)
@@ -116,7 +150,7 @@ class Outbox(asyncio.Queue[Any]):
             else:
                 kept.append(item)
         for item in kept:
-            self.put_nowait(item)
+            super().put_nowait(item)  # back in the queue, in order, behind nothing
         return dropped
 
     def _take_all(self) -> list[Any]:

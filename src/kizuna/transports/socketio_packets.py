@@ -19,8 +19,9 @@ anything else              nothing (replies, pushes Socket.IO has no word for)
 the hub hands the same bytes to every member of a room in one loop, so the
 first member pays for the JSON work and the others get the same
 ``engineio.packet.Packet`` object, whose own ``encode_cache`` then holds the
-wire text. One JSON decode and one encode per publication per node, however
-many members the room has.
+wire text and whose :attr:`WirePacket.wire` holds it as UTF-8 bytes, ready for
+a WebSocket text frame (socketio_websocket.py). One JSON decode and one encode
+per publication per node, however many members the room has.
 
 Wire form (Socket.IO protocol v5 over Engine.IO v4): ``4`` (Engine.IO
 MESSAGE) + ``2`` (Socket.IO EVENT) + ``/chat,`` (namespace, omitted for
@@ -47,6 +48,7 @@ __all__ = [
     "USER_LEFT",
     "DroppablePacket",
     "PushTranslator",
+    "WirePacket",
     "encode_event",
     "error_ack",
     "event_packet",
@@ -91,16 +93,27 @@ def encode_event(namespace: str, event: str, *args: Any) -> str:
     return prefix + orjson.dumps([event, *args]).decode()
 
 
-class DroppablePacket(eio_packet.Packet):  # type: ignore[misc]
+class WirePacket(eio_packet.Packet):  # type: ignore[misc]
+    """An Engine.IO MESSAGE shared by many sockets, its wire form made once for all of them.
+
+    ``encode_cache`` (python-engineio's) holds the text its writer and long-polls
+    send; :attr:`wire` holds the same text as UTF-8, the payload of the WebSocket
+    text frame kizuna writes itself, so no recipient encodes it again.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(eio_packet.MESSAGE, text)
+        self.wire: bytes = self.encode().encode()
+
+
+class DroppablePacket(WirePacket):
     """A publication of a drop-oldest namespace: a full outbox may shed it (see Outbox.shed)."""
 
 
 def event_packet(namespace: str, event: str, *args: Any, droppable: bool = False) -> EioPacket:
-    """An Engine.IO MESSAGE carrying one Socket.IO event, with its wire text already cached."""
-    kind = DroppablePacket if droppable else eio_packet.Packet
-    pkt = kind(eio_packet.MESSAGE, encode_event(namespace, event, *args))
-    pkt.encode()  # fills pkt.encode_cache: every socket that sends it reuses the text
-    return pkt
+    """An Engine.IO MESSAGE carrying one Socket.IO event, with its wire text already made."""
+    kind = DroppablePacket if droppable else WirePacket
+    return kind(encode_event(namespace, event, *args))
 
 
 def error_ack(code: ErrorCode, message: str | None = None) -> dict[str, Any]:
