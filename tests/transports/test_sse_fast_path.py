@@ -103,3 +103,48 @@ def test_the_line_cache_starts_afresh_past_its_budget() -> None:
     assert cache.get(first) is cache.get(first)  # held
     cache.get(second)  # over budget: everything before it is let go
     assert first not in cache._lines and second in cache._lines
+
+
+def test_the_chunk_of_a_cursorless_frame_is_shared_and_a_cursor_frame_is_not() -> None:
+    pub = orjson.dumps({"push": "pub", "channel": "live:x", "data": 2})
+    bye = orjson.dumps({"push": "disconnect", "code": 3001, "reason": "x", "reconnect": True})
+    cursor = orjson.dumps(
+        {"push": "pub", "channel": "chat:c", "offset": 1, "epoch": "e", "data": 3}
+    )
+    written: list[bytes] = []
+    streams = [_stream(written) for _ in range(2)]
+    for stream in streams:
+        assert stream.write_nowait(pub + b"\n" + bye)
+    assert written[0] is written[1]  # built once for both streams
+    assert all(stream._said_goodbye for stream in streams)  # each knows it said goodbye
+    written.clear()
+    for stream in streams:
+        stream.positions["chat:other"] = StreamPosition(len(written) + 5, "e")
+        assert stream.write_nowait(cursor)
+    assert written[0] != written[1]  # each stream's cursor is its own
+
+
+class _Cycle:
+    """What write_nowait reads of uvicorn's request-response cycle, recording the writes."""
+
+    def __init__(self, written: list[bytes]) -> None:
+        self.transport = self
+        self.flow = self
+        self.write_paused = False
+        self.chunked_encoding = True
+        self.response_complete = False
+        self.disconnected = False
+        self._written = written
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self._written.append(data)
+
+    async def send(self, message: object) -> None:  # the raw send whose __self__ is the cycle
+        raise AssertionError("write_nowait must not go through send")
+
+
+def _stream(written: list[bytes]) -> SSETransport:
+    return SSETransport(None, _Cycle(written).send)

@@ -140,10 +140,34 @@ class _LineCache:
 _line = _LineCache().get
 
 
+class _LastChunk:
+    """The chunk written for the last cursor-less frame, for the fan-out's next stream.
+
+    As for WebSocket (websocket.py ``_LastFrame``): the node's flush writes the same
+    frame — or equal bytes, when several messages were coalesced — to every
+    subscriber of a publication in a row, and events without an ``id:`` are the same
+    for every stream, so the chunk is built once. Frames with a cursor are per
+    stream and never kept.
+    """
+
+    __slots__ = ("chunk", "frame", "goodbye")
+
+    def __init__(self) -> None:
+        self.frame: bytes | None = None
+        self.chunk = b""
+        self.goodbye = False
+
+    def keep(self, frame: bytes, chunk: bytes, goodbye: bool) -> None:
+        self.frame, self.chunk, self.goodbye = frame, chunk, goodbye
+
+
+_last_chunk = _LastChunk()
+
+
 class SSETransport:
     """Turns queued frames into SSE events, keeping the cursor the event ids carry."""
 
-    __slots__ = ("_closed", "_cycle", "_said_goodbye", "_send", "positions")
+    __slots__ = ("_closed", "_cycle", "_said_goodbye", "_send", "_shared", "positions")
 
     name = TRANSPORT
 
@@ -151,6 +175,7 @@ class SSETransport:
         self._send = send
         self._closed = False
         self._said_goodbye = False  # a disconnect push (drain advice) was already written
+        self._shared = False  # the last frame's events carry no cursor: any stream's alike
         self.positions: dict[str, StreamPosition] = {}
         # uvicorn's raw send is a method of its request-response cycle; with it, body
         # chunks can be written without the ASGI round trip (see write_nowait).
@@ -182,9 +207,17 @@ class SSETransport:
             or cycle.transport.is_closing()
         ):
             return False
-        body = self._events(frame)
-        if body:
-            cycle.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        last = _last_chunk
+        if frame is last.frame or frame == last.frame:  # the fan-out's next subscriber
+            self._said_goodbye = self._said_goodbye or last.goodbye
+            chunk = last.chunk
+        else:
+            body = self._events(frame)
+            chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if self._shared:
+                last.keep(frame, chunk, b"\nevent: disconnect\n" in chunk)
+        if chunk:
+            cycle.transport.write(chunk)
         return True
 
     async def write(self, frame: bytes) -> None:
@@ -196,6 +229,7 @@ class SSETransport:
         """The SSE events for one frame of queued lines (and the cursor they move)."""
         if b"\xe2\x80\xa8" in frame or b"\xe2\x80\xa9" in frame or b"\xc2\x85" in frame:
             frame = _escape_line_separators(frame)
+        self._shared = True
         if b"\n" not in frame:  # one message: usually the bytes every subscriber shares
             return self._event(_line(frame))
         return b"".join([self._event(_line(line)) for line in frame.split(b"\n")])
@@ -205,6 +239,7 @@ class SSETransport:
             if line.kind == b"disconnect":
                 self._said_goodbye = True
             return line.event
+        self._shared = False  # a cursor: this stream's own
         assert line.channel is not None and line.position is not None
         self.positions[line.channel] = line.position
         if line.kind == _POSITION_KIND:
