@@ -8,6 +8,7 @@ clients are the ``websockets`` library's.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import orjson
@@ -15,6 +16,7 @@ import pytest
 import websockets
 
 from kizuna.core.auth import mint_token
+from kizuna.core.client import Client
 from kizuna.server import Server
 from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol, WritableFlag
 from tests.support.inprocess import serving
@@ -180,3 +182,35 @@ async def test_compressed_and_plain_connections_get_the_same_fan_out() -> None:
             assert got == [0, 1, 2]
             await ws.close()
         await publisher.close()
+
+
+async def test_closed_connections_are_let_go_at_once(served: tuple[Server, str]) -> None:
+    """Nothing (a connect-deadline timer, say) keeps a closed connection's objects alive."""
+    server, url = served
+    sockets = [await connected(url, f"gone{i}") for i in range(10)]
+    never = await websockets.connect(url, compression=None)  # closes before connecting
+    await never.close()
+    for ws in sockets:
+        await ws.close()
+    for _ in range(100):
+        if not server.node.clients:
+            break
+        await asyncio.sleep(0.02)
+    assert not server.node.clients
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, Client) and o.node is server.node]
+    assert alive == []
+
+
+async def test_no_connect_command_in_time_closes_with_3007() -> None:
+    async with serving(connect_timeout=0.3) as (server, port):
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        silent = await websockets.connect(url, compression=None)
+        prompt = await connected(url, "prompt")  # connected in time: stays
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(silent.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 3007
+        await asyncio.sleep(0.5)
+        assert (await command(prompt, 2, "ping"))["id"] == 2
+        assert [c.user for c in server.node.clients.values()] == ["prompt"]
+        await prompt.close()

@@ -506,6 +506,20 @@ class Client:
             return {"expires": False}
         return {"expires": True, "ttl": max(0, int(expires_at - time.time()))}
 
+    def start_connect_deadline(self, timeout: float) -> None:
+        """Close with 3007 unless the connect command has been handled within ``timeout``.
+
+        The timer takes the place the token-expiry timer takes later: connecting
+        replaces it and closing cancels it, so a connection that connected, or went
+        away, holds no timer (and is not kept alive by one).
+        """
+        self._expiry_timer = self.node.loop.call_later(timeout, self._connect_deadline)
+
+    def _connect_deadline(self) -> None:
+        self._expiry_timer = None
+        if self.state is ClientState.CONNECTING:
+            self.close_soon(DisconnectCode.CONNECT_TIMEOUT)
+
     def _schedule_expiry(self) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()

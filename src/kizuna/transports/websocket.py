@@ -16,16 +16,14 @@ this module only moves frames between ASGI and :class:`~kizuna.core.client.Clien
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from kizuna.core.client import Client, ClientState
+from kizuna.core.client import Client
 from kizuna.core.node import Node
 from kizuna.exceptions import AuthError
-from kizuna.protocol.codes import DisconnectCode
 from kizuna.transports.common import HandshakeSettings, check_handshake, deny_body
 from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol
 
@@ -149,18 +147,14 @@ class WebSocketEndpoint:
             credentials=verdict.credentials,
             remote_addr=verdict.remote_addr,
         )
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.node.options.connect_timeout, _connect_deadline, client)
+        client.start_connect_deadline(self.node.options.connect_timeout)
         protocol = transport.protocol
         if isinstance(protocol, DetachableWebSocketProtocol):
             # From here frames go straight to the client and this task ends: an open
             # connection costs no task, queue or handshake headers (websocket_protocol.py).
             protocol.detach(client)
             return
-        try:
-            await self._serve(client, receive)
-        finally:
-            timer.cancel()
+        await self._serve(client, receive)
 
     @staticmethod
     async def _serve(client: Client, receive: Receive) -> None:
@@ -187,8 +181,3 @@ class WebSocketEndpoint:
             await send({"type": "websocket.http.response.body", "body": body})
         else:  # servers without the denial-response extension answer a bare 403
             await send({"type": "websocket.close", "code": 1008})
-
-
-def _connect_deadline(client: Client) -> None:
-    if client.state is ClientState.CONNECTING:
-        client.close_soon(DisconnectCode.CONNECT_TIMEOUT)
