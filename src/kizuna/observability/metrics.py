@@ -172,6 +172,7 @@ class Metrics:
         )
         self._writes: dict[str, tuple[Any, Any, Any]] = {}
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
+        self._commands: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._unwritten: dict[str, list[int]] = {}
         """Frames written this loop turn, per transport: [messages, frames, bytes]."""
 
@@ -219,8 +220,16 @@ class Metrics:
         self.disconnections.labels(transport, str(code)).inc()
 
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
-        self.message_duration.labels(transport, method).observe(seconds)
-        self.commands.labels(transport, method).inc()
+        # Every command comes here: the labelled children are looked up once per
+        # (transport, method), not twice per command (``labels()`` locks and hashes).
+        bound = self._commands.get((transport, method))
+        if bound is None:
+            bound = self._commands[(transport, method)] = (
+                self.message_duration.labels(transport, method),
+                self.commands.labels(transport, method),
+            )
+        bound[0].observe(seconds)
+        bound[1].inc()
         if error:
             self.errors.labels(transport, str(error)).inc()
 
