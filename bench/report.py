@@ -70,6 +70,15 @@ def _fanout_ratio(mine: dict[str, Any] | None, theirs: dict[str, Any]) -> str:
     return text
 
 
+def _ladder(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """A ladder's summary columns: its best step, that step's CPU, what ended it, each round."""
+    best = result.get("best") or {}
+    last = result["steps"][-1] if result["steps"] else None
+    first_fail = _why(last) if last and not last["pass"] else "none (above the ladder)"
+    rounds = ", ".join(_fmt(int(r)) if r >= 0 else "none" for r in result.get("rounds", []))
+    return best, best.get("cpu", {}), first_fail, rounds
+
+
 def _why(step: dict[str, Any]) -> str:
     why = []
     if step["lost"]:
@@ -104,11 +113,7 @@ def _fanout(results: Results, reference: str) -> list[str]:
         if not result.get("ok"):
             lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 12)
             continue
-        best = result.get("best") or {}
-        cpu = best.get("cpu", {})
-        last = result["steps"][-1] if result["steps"] else None
-        first_fail = _why(last) if last and not last["pass"] else "none (above the ladder)"
-        rounds = ", ".join(_fmt(int(r)) if r >= 0 else "none" for r in result.get("rounds", []))
+        best, cpu, first_fail, rounds = _ladder(result)
         lines.append(
             f"| {peer} | {_fmt(result['subscribers'])} | {_fmt(best.get('publishRate'))} "
             f"| {_fmt(best.get('deliveriesPerSecond'))} | {_fmt(best.get('p50'))} "
@@ -396,12 +401,8 @@ def _xnode(results: Results, reference: str) -> list[str]:
         if not result.get("ok"):
             lines.append(f"| {peer} | failed: {result.get('error')} |" + " |" * 13)
             continue
-        best = result.get("best") or {}
+        best, cpu, first_fail, rounds = _ladder(result)
         half = result.get("half") or {}
-        cpu = best.get("cpu", {})
-        last = result["steps"][-1] if result["steps"] else None
-        first_fail = _why(last) if last and not last["pass"] else "none (above the ladder)"
-        rounds = ", ".join(_fmt(int(r)) if r >= 0 else "none" for r in result.get("rounds", []))
         lines.append(
             f"| {peer} | {result.get('nodes', 1)} | {_fmt(result['subscribers'])} "
             f"| {_fmt(best.get('publishRate'))} | {_fmt(best.get('deliveriesPerSecond'))} "
