@@ -48,12 +48,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from kizuna.core.ports import Credentials, Transport
+from kizuna.core.replies import PendingReply, ReplyQueue
 from kizuna.exceptions import BrokerError, ProtocolError
 from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
@@ -98,7 +98,6 @@ class Client:
     """A connection's state, its subscriptions and its outbound queue."""
 
     __slots__ = (
-        "_answered",
         "_expiry_timer",
         "_queue",
         "_queued_bytes",
@@ -150,10 +149,8 @@ class Client:
         self._tokens = float(node.options.command_burst)
         self._refilled_at = time.monotonic()
         self._refused = 0
-        self._replies: deque[_PendingReply] | None = None
+        self._replies: ReplyQueue | None = None
         """Places of the replies to unanswered pipelined publishes, in command order."""
-        self._answered: asyncio.Future[None] | None = None
-        """Resolved when one of them is answered; made only while someone waits."""
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.info.user!r} {self.state.value}>"
@@ -380,14 +377,13 @@ class Client:
                 return
             replies = self._replies
         if replies is None:
-            replies = self._replies = deque()
-        pending = _PendingReply()
-        replies.append(pending)
+            replies = self._replies = ReplyQueue()
+        pending = replies.reserve()
         if self.allow_command():
             pending.task = self.node.loop.create_task(self._run_publish(command, pending, started))
             return
         if self._refused > self.node.options.command_burst:
-            replies.pop()
+            replies.withdraw_last()
             await self._wait_for_replies(0)
             await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
             return
@@ -398,7 +394,7 @@ class Client:
             self.transport.name, "publish", time.perf_counter() - started, error
         )
 
-    async def _run_publish(self, command: Publish, pending: _PendingReply, started: float) -> None:
+    async def _run_publish(self, command: Publish, pending: PendingReply, started: float) -> None:
         error = 0
         try:
             result = await self._publish(command)
@@ -426,29 +422,16 @@ class Client:
         replies = self._replies
         if replies is None:
             return
-        while replies and replies[0].data is not None:
-            data = replies.popleft().data
-            assert data is not None
+        for data in replies.take_ready():
             self.enqueue(data)
         if not replies:
-            self._replies = None  # an idle connection holds no deque
-        answered = self._answered
-        if answered is not None:
-            self._answered = None
-            if not answered.done():  # done: its waiter was cancelled
-                answered.set_result(None)
+            self._replies = None  # an idle connection holds no queue
 
     async def _wait_for_replies(self, most: int) -> None:
         """Wait until at most ``most`` pipelined publishes are unanswered (or closed)."""
-        while (
-            self._replies is not None
-            and len(self._replies) > most
-            and self.state is not ClientState.CLOSED
-        ):
-            answered = self._answered
-            if answered is None:
-                answered = self._answered = self.node.loop.create_future()
-            await answered
+        replies = self._replies
+        if replies is not None:
+            await replies.wait(most, self.node.loop, lambda: self.state is ClientState.CLOSED)
 
     # --- commands --------------------------------------------------------------------------
 
@@ -652,17 +635,6 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
-
-
-class _PendingReply:
-    """The place of one pipelined publish's reply: empty until it is answered."""
-
-    __slots__ = ("data", "task")
-
-    def __init__(self) -> None:
-        self.data: bytes | None = None
-        self.task: asyncio.Task[None] | None = None
-        """The publish under way; held here so that it is not garbage-collected."""
 
 
 _HANDLERS: dict[type, Handler] = {
