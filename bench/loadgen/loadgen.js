@@ -425,6 +425,7 @@ function connectWebSocket(client, protocol) {
 // and kizuna writes each frame's events as one chunk.
 const EVENT_END = Buffer.from('\n\n');
 const HEAD_END = Buffer.from('\r\n\r\n');
+const QUOTE = 0x22; // '"'
 
 function connectSSE(client) {
   const url = new URL(
@@ -473,7 +474,10 @@ function connectSSE(client) {
       rest = buf.length ? buf : null;
       return;
     }
-    rest = end + 2 < buf.length ? buf.subarray(end + 2) : null;
+    // What follows the last complete event is usually the chunk's trailing CRLF and maybe the
+    // next size line: carried over (a copy on the next read) only if it may hold the start of
+    // a marker, which begins with a quote.
+    rest = end + 2 < buf.length && buf.indexOf(QUOTE, end + 2) >= 0 ? buf.subarray(end + 2) : null;
     client.received += scanFrame(buf.subarray(0, end + 2), client);
   });
   sock.on('close', () => {
