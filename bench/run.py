@@ -53,6 +53,19 @@ QUICK_PEERS = "kizuna,py-websockets"
 QUICK_SCENARIOS = "fanout,idle,connect"
 
 
+PLAN_OPTIONS = {
+    "subscribers": "subscribers",
+    "step_seconds": "step_seconds",
+    "connections": "idle_connections",
+    "rounds": "rounds",
+    "connects": "connects",
+    "connect_passes": "connect_passes",
+    "channel_subscribers": "channel_subscribers",
+    "channel_rate": "channel_rate",
+}
+"""Command-line options that override a field of the plan when given (option: field)."""
+
+
 def _machine() -> str:
     model = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
@@ -266,27 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     target = _external_peer(args, parser)
 
     plan = QUICK if args.quick else FULL
-    overrides: dict[str, Any] = {}
-    if args.subscribers:
-        overrides["subscribers"] = args.subscribers
+    overrides: dict[str, Any] = {
+        field: getattr(args, option)
+        for option, field in PLAN_OPTIONS.items()
+        if getattr(args, option)
+    }
     if args.rates:
         overrides["rates"] = [int(r) for r in args.rates.split(",")]
-    if args.step_seconds:
-        overrides["step_seconds"] = args.step_seconds
-    if args.overload_rate is not None:
+    if args.overload_rate is not None:  # 0 is a value: no overload step
         overrides["overload_rate"] = args.overload_rate
-    if args.connections:
-        overrides["idle_connections"] = args.connections
-    if args.rounds:
-        overrides["rounds"] = args.rounds
-    if args.connects:
-        overrides["connects"] = args.connects
-    if args.connect_passes:
-        overrides["connect_passes"] = args.connect_passes
-    if args.channel_subscribers:
-        overrides["channel_subscribers"] = args.channel_subscribers
-    if args.channel_rate:
-        overrides["channel_rate"] = args.channel_rate
     plan = dataclasses.replace(plan, **overrides)
 
     everything = [s for s in SCENARIOS if target is None or s not in OWN_NODES]
