@@ -214,3 +214,29 @@ async def test_no_connect_command_in_time_closes_with_3007() -> None:
         assert (await command(prompt, 2, "ping"))["id"] == 2
         assert [c.user for c in server.node.clients.values()] == ["prompt"]
         await prompt.close()
+
+
+async def test_a_frame_that_raises_drops_only_its_connection(
+    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, url = served
+    bystander = await connected(url, "bystander")
+    handle_frame = Client.handle_frame
+
+    async def broken(self: Client, frame: bytes | str) -> None:
+        if "boom" in str(frame):
+            raise RuntimeError("a bug")
+        await handle_frame(self, frame)
+
+    monkeypatch.setattr(Client, "handle_frame", broken)
+    victim = await connected(url, "victim")
+    await victim.send('{"id": 2, "method": "ping", "params": {"boom": 1}}')
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(victim.recv(), 5)
+    for _ in range(100):
+        if all(c.user != "victim" for c in server.node.clients.values()):
+            break
+        await asyncio.sleep(0.02)
+    assert [c.user for c in server.node.clients.values()] == ["bystander"]
+    assert (await command(bystander, 2, "ping"))["id"] == 2
+    await bystander.close()

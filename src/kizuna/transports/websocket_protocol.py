@@ -77,6 +77,12 @@ class Inbox:
         try:
             while self._pending:
                 await self._handler.handle_frame(self._pending.pop(0))
+        except Exception:
+            # A bug, not bad input (the client answers that with codes): as uvicorn does when
+            # an ASGI app raises, log it and drop this connection; the others go on.
+            self._protocol.logger.exception("Exception handling a WebSocket frame")
+            self._closed_code = 1011
+            self._protocol.transport.close()
         finally:
             self._task = None
             self._pending.clear()
