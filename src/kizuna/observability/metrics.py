@@ -173,6 +173,7 @@ class Metrics:
         self._writes: dict[str, tuple[Any, Any, Any]] = {}
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
         self._commands: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._operations: dict[str, Any] = {}
         self._unwritten: dict[str, list[int]] = {}
         """Frames written this loop turn, per transport: [messages, frames, bytes]."""
 
@@ -303,7 +304,11 @@ class Metrics:
         self.auth_failures.labels(transport, str(code)).inc()
 
     def broker_operation(self, operation: str, ok: bool) -> None:
-        self.broker_operations.labels(operation).inc()
+        # Once per publish: the labelled child is looked up once per operation.
+        counter = self._operations.get(operation)
+        if counter is None:
+            counter = self._operations[operation] = self.broker_operations.labels(operation)
+        counter.inc()
         if not ok:
             self.broker_errors.labels(operation).inc()
 
