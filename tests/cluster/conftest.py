@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
-from tests.e2e.clients import TIMEOUT
 from tests.support.processes import KizunaProcess, RedisProcess
 
 FAST_BROKER = (
@@ -59,16 +57,3 @@ def three(redis_server: RedisProcess) -> Iterator[list[KizunaProcess]]:
     """Three nodes on the session's Redis, shared by the tests that stop nothing."""
     with nodes(redis_server, 3) as started:
         yield started
-
-
-@pytest.fixture
-def uid() -> str:
-    """A unique suffix for channel and user names, so tests sharing nodes never meet."""
-    return uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """HTTP client for the API, SSE and long-poll; never through a proxy (127.0.0.1 only)."""
-    async with httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as client:
-        yield client

@@ -8,14 +8,13 @@ what the others see (timeouts, limits, an audience) start their own servers.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.clients import TIMEOUT, Api, NodeClient, PyClient, WireClient
+from tests.e2e.clients import Api, NodeClient, PyClient, WireClient
 from tests.support.processes import (
     KizunaProcess,
     serve,
@@ -39,19 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KizunaProcess]:
         str(MAX_MESSAGE_SIZE),
     ) as process:
         yield process
-
-
-@pytest.fixture
-def uid() -> str:
-    """A short unique suffix for channel and user names, so tests sharing a server never meet."""
-    return uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for the test (never through a proxy: all traffic stays on 127.0.0.1)."""
-    async with httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture

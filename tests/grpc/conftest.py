@@ -9,7 +9,6 @@ event loop) until ``kizuna serve`` starts the gRPC edge itself; then only
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,12 +70,6 @@ def grpc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcNode]:
     finally:
         node.stop()
         node.close_log()
-
-
-@pytest.fixture
-def uid() -> str:
-    """A unique suffix for channel names, so tests sharing a node never meet."""
-    return uuid.uuid4().hex[:10]
 
 
 def token(sub: str = "alice", **kwargs: Any) -> str:

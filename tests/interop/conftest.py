@@ -8,7 +8,6 @@ by the package.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -36,9 +35,3 @@ def two_nodes(redis_server: RedisProcess) -> Iterator[list[GrpcNode]]:
     finally:
         for node in nodes:
             node.stop()
-
-
-@pytest.fixture
-def uid() -> str:
-    """A suffix that keeps this test's channel apart from every other test's."""
-    return uuid.uuid4().hex[:10]

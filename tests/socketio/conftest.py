@@ -5,15 +5,13 @@ Servers are real ``kizuna serve`` processes, which serve Socket.IO at ``/socket.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.socketio.clients import TIMEOUT, NativeClient, SioDriver
+from tests.socketio.clients import NativeClient, SioDriver
 from tests.support.processes import KizunaProcess, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +27,6 @@ def server() -> Iterator[KizunaProcess]:
     """The shared server (memory broker, one allowlisted Origin); tests use unique rooms."""
     with serve_socketio("--allowed-origins", ALLOWED_ORIGIN) as process:
         yield process
-
-
-@pytest.fixture
-def uid() -> str:
-    """A short unique suffix for room and user names, so tests sharing a server never meet."""
-    return uuid.uuid4().hex[:10]
 
 
 @pytest.fixture
@@ -61,10 +53,3 @@ async def open_native() -> AsyncIterator[OpenNative]:
     yield opener
     for client in clients:
         await client.aclose()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client that never goes through a proxy: all traffic stays on 127.0.0.1."""
-    async with httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as client:
-        yield client
