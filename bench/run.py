@@ -62,6 +62,7 @@ PLAN_OPTIONS = {
     "connect_passes": "connect_passes",
     "channel_subscribers": "channel_subscribers",
     "channel_rate": "channel_rate",
+    "channel_seconds": "channel_seconds",
 }
 """Command-line options that override a field of the plan when given (option: field)."""
 
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="fan-out ladders per server (best counts)")
     parser.add_argument("--channel-subscribers", type=int, help="channels: connections")
     parser.add_argument("--channel-rate", type=int, help="channels: publications per second")
+    parser.add_argument("--channel-seconds", type=float, help="channels: seconds of publishing")
     parser.add_argument(
         "--quiet-below",
         type=float,

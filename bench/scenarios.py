@@ -205,7 +205,7 @@ def _connect_spec(tokens: list[str], plan: Plan) -> dict[str, Any]:
     return {"connects": plan.connects, "connectPasses": plan.connect_passes, "tokens": tokens}
 
 
-PROFILE_FROM = {"fanout": "fanout: steps", "connect": "connect: "}
+PROFILE_FROM = {"fanout": "fanout: steps", "connect": "connect: ", "channels": "channels: steps"}
 """Scenarios ``--profile`` records, from the generator's log line that starts the measured part."""
 
 

@@ -1,35 +1,68 @@
-"""Written frames are tallied per loop turn and added to the counters once."""
+"""Hot-path metric updates are tallied and reach the registry whenever it is read."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from kizuna.observability.metrics import Metrics
+from kizuna.observability.metrics import LATENCY_BUCKETS, MESSAGE_BUCKETS, Metrics
+from kizuna.observability.tally import Tally
 
 
 def sent(registry: CollectorRegistry, name: str) -> float | None:
     return registry.get_sample_value(name, {"transport": "websocket"})
 
 
-async def test_frames_of_one_turn_reach_the_counters_at_its_end() -> None:
+def test_written_frames_are_counted_when_the_registry_is_read() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     for nbytes in (10, 20, 30):
         metrics.frame_written("websocket", 2, nbytes)
-    assert sent(registry, "kizuna_frames_sent_total") in (None, 0.0)  # not yet
-    await asyncio.sleep(0)  # the end of this loop turn
     assert sent(registry, "kizuna_messages_sent_total") == 6
     assert sent(registry, "kizuna_frames_sent_total") == 3
     assert sent(registry, "kizuna_bytes_sent_total") == 60
-    metrics.frame_written("websocket", 1, 5)  # the next turn tallies afresh
-    await asyncio.sleep(0)
+    metrics.frame_written("websocket", 1, 5)  # tallied afresh after a read
     assert sent(registry, "kizuna_frames_sent_total") == 4
+    assert sent(registry, "kizuna_frames_sent_total") == 4  # a read adds nothing twice
 
 
-def test_without_a_loop_frames_are_counted_at_once() -> None:
+def test_a_scrape_sees_commands_fanouts_and_broker_calls() -> None:
     registry = CollectorRegistry()
-    Metrics(registry).frame_written("websocket", 3, 100)
-    assert sent(registry, "kizuna_messages_sent_total") == 3
-    assert sent(registry, "kizuna_bytes_sent_total") == 100
+    metrics = Metrics(registry)
+    metrics.command_handled("websocket", "publish", 0.002, 0)
+    metrics.command_handled("websocket", "publish", 0.0004, 0)
+    metrics.fanned_out("chat", 1000, 0.003, None)
+    metrics.broker_operation("publish", True)
+    text = generate_latest(registry).decode()
+    assert 'kizuna_commands_total{method="publish",transport="websocket"} 2.0' in text
+    assert (
+        'websocket_message_duration_seconds_count{method="publish",transport="websocket"} 2.0'
+        in text
+    )
+    assert 'kizuna_deliveries_total{namespace="chat"} 1000.0' in text
+    assert 'kizuna_publications_fanned_out_total{namespace="chat"} 1.0' in text
+    assert 'kizuna_delivery_latency_seconds_bucket{le="0.005",namespace="chat"} 1.0' in text
+    assert 'kizuna_delivery_latency_seconds_bucket{le="0.0025",namespace="chat"} 0.0' in text
+    assert 'kizuna_broker_operations_total{operation="publish"} 1.0' in text
+
+
+def test_tallied_histograms_match_the_librarys_own_observe() -> None:
+    """Bucket edges (a value equal to a bound), the +Inf bucket, zero and the sum."""
+    values = [0.0, 0.0005, 0.00051, 0.001, 0.003, 0.1, 0.7, 2.5, 5.0, 9.0, 1e6]
+    for buckets in (MESSAGE_BUCKETS, LATENCY_BUCKETS):
+        ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+        ours = Histogram("h", "h", buckets=buckets, registry=ours_registry)
+        theirs = Histogram("h", "h", buckets=buckets, registry=theirs_registry)
+        tally = Tally()
+        for value in values:
+            tally.observe(ours, value)
+            theirs.observe(value)
+        tally.flush()
+        for bound in [*buckets, math.inf]:
+            le = "+Inf" if bound == math.inf else str(float(bound))
+            assert ours_registry.get_sample_value("h_bucket", {"le": le}) == (
+                theirs_registry.get_sample_value("h_bucket", {"le": le})
+            ), le
+        assert ours_registry.get_sample_value("h_sum") == theirs_registry.get_sample_value("h_sum")
+        assert ours_registry.get_sample_value("h_count") == len(values)

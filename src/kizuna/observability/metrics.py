@@ -2,8 +2,9 @@
 
 Every metric kizuna exports is defined here and nowhere else. Labels stay
 low-cardinality — transport, namespace, method, code, operation — never a
-channel or a user. Child metrics for the hot path (frame writes, fan-out) are
-bound once and cached, so an event costs a dict lookup and an increment.
+channel or a user. Child metrics for the hot path (commands, frame writes,
+fan-out, broker calls) are bound once and cached, and their updates are tallied
+until the registry is read (tally.py), so an event costs dict lookups and additions.
 
 The guide's five metrics keep their names (``websocket_*``) so its queries,
 dashboards and alert rules work as written; they count every transport, with a
@@ -12,13 +13,14 @@ dashboards and alert rules work as written; they count every transport, with a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from kizuna.observability.tally import Tally, TallyCollector
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -63,6 +65,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._tally = Tally()
+        r.register(TallyCollector(self._tally))  # before the metrics: read after its flush
         self.connections = Counter(
             "websocket_connections",
             "Connection attempts by outcome (accepted or rejected)",
@@ -174,8 +178,6 @@ class Metrics:
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
         self._commands: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._operations: dict[str, Any] = {}
-        self._unwritten: dict[str, list[int]] = {}
-        """Frames written this loop turn, per transport: [messages, frames, bytes]."""
 
     def prepare(self, transports: list[str], namespaces: list[str]) -> None:
         """Export every known label set at 0 from the start.
@@ -229,8 +231,9 @@ class Metrics:
                 self.message_duration.labels(transport, method),
                 self.commands.labels(transport, method),
             )
-        bound[0].observe(seconds)
-        bound[1].inc()
+        tally = self._tally
+        tally.observe(bound[0], seconds)
+        tally.inc(bound[1])
         if error:
             self.errors.labels(transport, str(error)).inc()
 
@@ -244,14 +247,15 @@ class Metrics:
                 self.publications.labels(namespace),
                 self.delivery_latency.labels(namespace),
             )
-        bound[0].inc(recipients)
-        bound[1].inc()
+        tally = self._tally
+        tally.inc(bound[0], recipients)
+        tally.inc(bound[1])
         if latency > 0:
             if traceparent is not None:
                 # traceparent is version-traceid-spanid-flags: the exemplar links to the trace.
                 bound[2].observe(latency, {"trace_id": traceparent[3:35]})
             else:
-                bound[2].observe(latency)
+                tally.observe(bound[2], latency)
 
     def slow_client(self, transport: str) -> None:
         self.slow_clients.labels(transport).inc()
@@ -260,32 +264,7 @@ class Metrics:
         self.dropped.labels(transport).inc(count)
 
     def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
-        """Count one written frame: tallied in plain ints, added to the counters once per turn.
-
-        A fan-out writes one frame per subscriber; three Prometheus increments (each
-        takes a lock) per frame were a measurable share of the fan-out's CPU, three
-        integer additions are not. The counters lag by at most one loop turn.
-        """
-        tally = self._unwritten.get(transport)
-        if tally is None:
-            if not self._unwritten:
-                try:
-                    asyncio.get_running_loop().call_soon(self.flush_writes)
-                except RuntimeError:  # no loop (a test or a tool): count at once
-                    self._count_writes(transport, messages, 1, nbytes)
-                    return
-            tally = self._unwritten[transport] = [0, 0, 0]
-        tally[0] += messages
-        tally[1] += 1
-        tally[2] += nbytes
-
-    def flush_writes(self) -> None:
-        """Add the tallied frames to the counters (scheduled by :meth:`frame_written`)."""
-        unwritten, self._unwritten = self._unwritten, {}
-        for transport, (messages, frames, nbytes) in unwritten.items():
-            self._count_writes(transport, messages, frames, nbytes)
-
-    def _count_writes(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
+        """Count one written frame (a fan-out writes one per subscriber)."""
         bound = self._writes.get(transport)
         if bound is None:
             bound = self._writes[transport] = (
@@ -293,9 +272,7 @@ class Metrics:
                 self.frames_sent.labels(transport),
                 self.bytes_sent.labels(transport),
             )
-        bound[0].inc(messages)
-        bound[1].inc(frames)
-        bound[2].inc(nbytes)
+        self._tally.inc_triple(bound, messages, 1, nbytes)
 
     def recovery(self, recovered: bool) -> None:
         self.recoveries.labels("recovered" if recovered else "not_recovered").inc()
@@ -308,7 +285,7 @@ class Metrics:
         counter = self._operations.get(operation)
         if counter is None:
             counter = self._operations[operation] = self.broker_operations.labels(operation)
-        counter.inc()
+        self._tally.inc(counter)
         if not ok:
             self.broker_errors.labels(operation).inc()
 
