@@ -14,11 +14,14 @@ import orjson
 
 from kizuna.broker.memory import MemoryBroker
 from kizuna.core.client import MAX_PIPELINED_PUBLISHES, ClientState
+from kizuna.core.events import NoTracer
+from kizuna.core.node import Node
+from kizuna.core.options import NodeOptions
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerUnavailable
 from kizuna.protocol.codes import DisconnectCode
 from kizuna.protocol.messages import Publication, StreamPosition
-from tests.core.test_node import cmd, connected, make_node, settle
+from tests.core.test_node import NAMESPACES, StaticAuth, cmd, connected, make_node, settle
 
 
 class HeldBroker(MemoryBroker):
@@ -34,13 +37,26 @@ class HeldBroker(MemoryBroker):
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:
-        gate: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        return await self.publish_nowait(channel, pub, options)
+
+    def publish_nowait(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> asyncio.Future[StreamPosition]:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[BaseException | None] = loop.create_future()
+        position: asyncio.Future[StreamPosition] = loop.create_future()
         self.called.append(orjson.loads(pub.data))
         self.gates.append(gate)
-        failure = await gate
-        if failure is not None:
-            raise failure
-        return await super().publish(channel, pub, options)
+
+        def opened(gate: asyncio.Future[BaseException | None]) -> None:
+            failure = gate.result()
+            if failure is not None:
+                position.set_exception(failure)
+            else:
+                position.set_result(self._publish(channel, pub, options))
+
+        gate.add_done_callback(opened)
+        return position
 
     def answer(self, *indexes: int, failure: BaseException | None = None) -> None:
         for i in indexes or range(len(self.gates)):
@@ -155,3 +171,45 @@ async def test_a_polite_close_answers_the_publishes_under_way_first() -> None:
     await closing
     assert ids(transport) == [10, 11, 12]
     assert transport.closed is not None and transport.closed[0] == DisconnectCode.SHUTDOWN
+
+
+async def test_a_pipelined_publish_costs_no_task_until_answered() -> None:
+    """Node.publish_nowait: a future and a callback per publish, not a coroutine in a task."""
+    broker = HeldBroker()
+    node = await make_node(broker)
+    client, transport = await connected(node)
+    await settle()
+    before = len(asyncio.all_tasks())
+    for i in range(50):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    await settle()
+    assert len(broker.called) == 50
+    assert len(asyncio.all_tasks()) == before
+    broker.answer()
+    await settle()
+    assert ids(transport) == list(range(10, 60))
+
+
+async def test_with_tracing_a_pipelined_publish_runs_traced_and_in_order() -> None:
+    """Spans need the coroutine: with a tracer, each publish runs in a task of its own."""
+    broker = HeldBroker()
+    node = Node(
+        broker,
+        broker,
+        authenticator=StaticAuth(),
+        options=NodeOptions(namespaces=NAMESPACES),
+        tracer=NoTracer(),
+    )
+    await node.start()
+    client, transport = await connected(node)
+    await settle()
+    before = len(asyncio.all_tasks())
+    for i in range(3):
+        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    await settle()
+    assert broker.called == [0, 1, 2]
+    assert len(asyncio.all_tasks()) == before + 3
+    broker.answer(2, 0, 1)
+    await settle()
+    assert ids(transport) == [10, 11, 12]
+    assert all("offset" in transport.reply(10 + i)["result"] for i in range(3))

@@ -81,6 +81,16 @@ class MemoryBroker:
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:
+        return self._publish(channel, pub, options)
+
+    def publish_nowait(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> asyncio.Future[StreamPosition]:
+        future: asyncio.Future[StreamPosition] = asyncio.get_running_loop().create_future()
+        future.set_result(self._publish(channel, pub, options))
+        return future
+
+    def _publish(self, channel: str, pub: Publication, options: PublishOptions) -> StreamPosition:
         epoch = ""
         if options.history_size > 0:
             stream = self._live_stream(channel, options.history_size, create=True)

@@ -213,31 +213,45 @@ class RedisBroker:
         the key remembers the position, and a publication without history has none.
         Nothing before the pipeline's ``send`` awaits: see :attr:`pipelines_publishes`.
         """
+        if self._pipeline is not None:
+            return await self.publish_nowait(channel, pub, options)
         keys = ChannelKeys.of(self._options.prefix, channel)
         tail = encode_tail(pub)
-        pipeline = self._pipeline
-        if pipeline is not None:
-            if options.history_size <= 0:
-                await pipeline.send(self._publish_command, keys.pubsub, unhistoried(tail))
-                return StreamPosition(0, "")
-            result = await pipeline.send_script(
-                self._publish_keys(keys, options.idempotency_key),
-                self._publish_args(keys, tail, options),
-            )
-            return StreamPosition(int(result[0]), _text(result[1]))
         if options.history_size <= 0:
             if self._publish_command == "spublish":
                 await self._call(self._redis.spublish(keys.pubsub, unhistoried(tail)))
             else:
                 await self._call(self._redis.publish(keys.pubsub, unhistoried(tail)))
-            return StreamPosition(0, "")
+            return _NO_POSITION
         result = await self._call(
             self._publish_script(
                 keys=self._publish_keys(keys, options.idempotency_key),
                 args=self._publish_args(keys, tail, options),
             )
         )
-        return StreamPosition(int(result[0]), _text(result[1]))
+        return _position(result)
+
+    def publish_nowait(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> asyncio.Future[StreamPosition]:
+        """:meth:`publish` without a coroutine, when :attr:`pipelines_publishes`.
+
+        The command is queued on the pipeline at once; the future gets the
+        position (or a BrokerError) when Redis answers — no task per publish.
+        """
+        pipeline = self._pipeline
+        assert pipeline is not None, "publish_nowait needs the pipeline (pipelines_publishes)"
+        keys = ChannelKeys.of(self._options.prefix, channel)
+        tail = encode_tail(pub)
+        if options.history_size <= 0:
+            return pipeline.send(
+                self._publish_command, keys.pubsub, unhistoried(tail), convert=_no_position
+            )
+        return pipeline.send_script(
+            self._publish_keys(keys, options.idempotency_key),
+            self._publish_args(keys, tail, options),
+            convert=_position,
+        )
 
     @staticmethod
     def _publish_keys(keys: ChannelKeys, idempotency_key: str | None) -> list[str]:
@@ -566,3 +580,16 @@ def _new_epoch() -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_NO_POSITION = StreamPosition(0, "")
+"""A publication without history has no position."""
+
+
+def _no_position(_: Any) -> StreamPosition:
+    return _NO_POSITION
+
+
+def _position(result: Any) -> StreamPosition:
+    """The PUBLISH script's reply: [offset, epoch]."""
+    return StreamPosition(int(result[0]), _text(result[1]))

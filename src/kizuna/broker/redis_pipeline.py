@@ -84,6 +84,8 @@ _READ_SIZE = 65536
 _EVALSHA = "EVALSHA"
 
 Command = tuple[Any, ...]
+Convert = Callable[[Any], Any]
+"""Turns a command's reply into its future's result (send's ``convert``)."""
 
 
 class PublishPipeline:
@@ -100,18 +102,20 @@ class PublishPipeline:
         self._connect = connect
         self._timeout = timeout or None
         self._script = script
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Command, asyncio.Future[Any], Convert | None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._conn: AbstractConnection | None = None
         self._script_loaded = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    def send(self, *command: Any) -> asyncio.Future[Any]:
-        """Queue ``command``; the future gets its reply, or a BrokerError.
+    def send(self, *command: Any, convert: Convert | None = None) -> asyncio.Future[Any]:
+        """Queue ``command``; the future gets its reply (``convert(reply)`` if given), or a
+        BrokerError.
 
         Synchronous on purpose (module doc, 1): the order of calls is the order
-        in which Redis applies the commands.
+        in which Redis applies the commands. ``convert`` lets a caller hand the
+        future on without wrapping it in a coroutine of its own.
         """
         loop = self._loop
         if loop is None:
@@ -120,15 +124,17 @@ class PublishPipeline:
         if self._closed:
             future.set_exception(BrokerUnavailable("redis broker is closed"))
             return future
-        self._queue.append((command, future))
+        self._queue.append((command, future, convert))
         if self._writer is None:
             self._writer = loop.create_task(self._write())
         return future
 
-    def send_script(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+    def send_script(
+        self, keys: list[str], args: list[Any], *, convert: Convert | None = None
+    ) -> asyncio.Future[Any]:
         """Queue an EVALSHA of this pipeline's script."""
         assert self._script is not None
-        return self.send(_EVALSHA, self._script[0], len(keys), *keys, *args)
+        return self.send(_EVALSHA, self._script[0], len(keys), *keys, *args, convert=convert)
 
     async def close(self) -> None:
         """Fail what is queued, stop the writer, drop the connection."""
@@ -153,13 +159,15 @@ class PublishPipeline:
         finally:
             self._writer = None
 
-    async def _exchange(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+    async def _exchange(
+        self, batch: list[tuple[Command, asyncio.Future[Any], Convert | None]]
+    ) -> None:
         """Write ``batch``, resolve each future from its reply (module doc, 2 and 4)."""
         answered = 0
         try:
             async with asyncio.timeout(self._timeout):
                 conn = await self._connection()
-                commands = [command for command, _ in batch]
+                commands = [command for command, _, _ in batch]
                 load = self._script is not None and not self._script_loaded
                 load = load and any(command[0] is _EVALSHA for command in commands)
                 if load:
@@ -172,15 +180,17 @@ class PublishPipeline:
                     if isinstance(reply, Exception):
                         raise reply
                     self._script_loaded = True
-                for _, future in batch:
+                for _, future, convert in batch:
                     reply = await replies.next()
                     answered += 1
                     if future.done():  # the caller gave up waiting; the command ran anyway
                         continue
                     if isinstance(reply, Exception):
                         future.set_exception(self._failure(reply))
-                    else:
+                    elif convert is None:
                         future.set_result(reply)
+                    else:
+                        _resolve(future, convert, reply)
         except BaseException as exc:
             self._drop()
             if isinstance(exc, (*UNAVAILABLE, asyncio.CancelledError)):
@@ -229,8 +239,10 @@ class PublishPipeline:
         return error
 
     @staticmethod
-    def _fail(items: list[tuple[Command, asyncio.Future[Any]]], error: BrokerError) -> None:
-        for _, future in items:
+    def _fail(
+        items: list[tuple[Command, asyncio.Future[Any], Convert | None]], error: BrokerError
+    ) -> None:
+        for _, future, _ in items:
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # retrieved: a caller that gave up must not log it
@@ -240,6 +252,16 @@ class PublishPipeline:
         if conn is not None:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 conn._close()  # type: ignore[no-untyped-call]
+
+
+def _resolve(future: asyncio.Future[Any], convert: Convert, reply: Any) -> None:
+    """The converted reply; a reply it cannot convert is a BrokerError, not a crash."""
+    try:
+        future.set_result(convert(reply))
+    except Exception as exc:
+        error = BrokerError(f"redis: unexpected reply {reply!r}")
+        error.__cause__ = exc
+        future.set_exception(error)
 
 
 def _pack(conn: AbstractConnection, commands: list[Command]) -> list[bytes]:

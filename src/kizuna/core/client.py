@@ -68,6 +68,7 @@ from kizuna.protocol.messages import (
     PresenceStats,
     Publish,
     Refresh,
+    StreamPosition,
     Subscribe,
     Unsubscribe,
 )
@@ -380,42 +381,92 @@ class Client:
             replies = self._replies = ReplyQueue()
         pending = replies.reserve()
         if self.allow_command():
-            pending.task = self.node.loop.create_task(self._run_publish(command, pending, started))
+            self._start_publish(command, pending, started)
             return
         if self._refused > self.node.options.command_burst:
             replies.withdraw_last()
             await self._wait_for_replies(0)
             await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
             return
-        error = ErrorCode.TOO_MANY_REQUESTS
-        pending.data = codec.encode_error_reply(command.id, error, error.description)
+        self._answer_publish(command, pending, started, ErrorCode.TOO_MANY_REQUESTS)
+
+    def _start_publish(self, command: Publish, pending: PendingReply, started: float) -> None:
+        """Hand ``command`` to the broker now; its reply takes ``pending``'s place when it comes.
+
+        Usually a future and a callback (Node.publish_nowait): no coroutine or task
+        per publish. With tracing, a task runs the traced :meth:`_publish`.
+        """
+        try:
+            options = self.node.rules.check_publish(command.channel, self.credentials)
+            future = self.node.publish_nowait(
+                command.channel,
+                command.data,
+                info=self.info,
+                idempotency_key=command.idempotency_key,
+                options=options,
+            )
+        except ProtocolError as exc:
+            self._answer_publish(command, pending, started, exc)
+            return
+        if future is None:
+            pending.task = self.node.loop.create_task(self._run_publish(command, pending, started))
+            return
+        pending.task = future
+
+        def answered(future: asyncio.Future[StreamPosition]) -> None:
+            try:
+                outcome: StreamPosition | BaseException = self.node.publish_outcome(future)
+            except BaseException as exc:  # CancelledError too: answered, as INTERNAL
+                outcome = exc
+            self._answer_publish(command, pending, started, outcome)
+
+        future.add_done_callback(answered)
+
+    async def _run_publish(self, command: Publish, pending: PendingReply, started: float) -> None:
+        try:
+            result = await self._publish(command)
+        except BaseException as exc:
+            self._answer_publish(command, pending, started, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self._answer_publish(command, pending, started, result)
+
+    def _answer_publish(
+        self,
+        command: Publish,
+        pending: PendingReply,
+        started: float,
+        outcome: StreamPosition | dict[str, Any] | ErrorCode | BaseException,
+    ) -> None:
+        """Fill ``pending`` with the reply to ``command`` and queue the replies now in order.
+
+        ``outcome``: the position (or result) published, the code of a refusal, or
+        what the publish raised.
+        """
+        error = 0
+        if isinstance(outcome, ErrorCode):
+            error = outcome
+            pending.data = codec.encode_error_reply(command.id, outcome, outcome.description)
+        elif isinstance(outcome, StreamPosition):
+            pending.data = codec.encode_reply(command.id, _position_result(outcome))
+        elif isinstance(outcome, dict):
+            pending.data = codec.encode_reply(command.id, outcome)
+        elif isinstance(outcome, ProtocolError):
+            error = outcome.code
+            pending.data = codec.encode_error_reply(command.id, outcome.code, outcome.message)
+        else:
+            # BrokerError; anything else is a bug or a cancellation: answered anyway, in order.
+            code = ErrorCode.BROKER_UNAVAILABLE
+            if not isinstance(outcome, BrokerError):
+                code = ErrorCode.INTERNAL
+            error = code
+            pending.data = codec.encode_error_reply(command.id, code, code.description)
+        pending.task = None
         self._release_replies()
         self.node.events.command_handled(
             self.transport.name, "publish", time.perf_counter() - started, error
         )
-
-    async def _run_publish(self, command: Publish, pending: PendingReply, started: float) -> None:
-        error = 0
-        try:
-            result = await self._publish(command)
-            pending.data = codec.encode_reply(command.id, result)
-        except ProtocolError as exc:
-            error = exc.code
-            pending.data = codec.encode_error_reply(command.id, exc.code, exc.message)
-        except BrokerError:
-            error = ErrorCode.BROKER_UNAVAILABLE
-            pending.data = codec.encode_error_reply(command.id, error, ErrorCode(error).description)
-        finally:
-            if pending.data is None:  # a bug or a cancellation: answer anyway, in order
-                error = ErrorCode.INTERNAL
-                pending.data = codec.encode_error_reply(
-                    command.id, error, ErrorCode(error).description
-                )
-            pending.task = None
-            self._release_replies()
-            self.node.events.command_handled(
-                self.transport.name, "publish", time.perf_counter() - started, error
-            )
 
     def _release_replies(self) -> None:
         """Queue the replies that are ready and have none unready before them."""
@@ -549,9 +600,7 @@ class Client:
             idempotency_key=cmd.idempotency_key,
             options=options,
         )
-        if not position.offset:
-            return {}
-        return {"offset": position.offset, "epoch": position.epoch}
+        return _position_result(position)
 
     async def _history(self, cmd: History) -> dict[str, Any]:
         options = self.node.rules.check_read(cmd.channel, self.credentials)
@@ -635,6 +684,13 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
+
+
+def _position_result(position: StreamPosition) -> dict[str, Any]:
+    """A publish reply's result: where the publication is in its channel's history."""
+    if not position.offset:
+        return {}
+    return {"offset": position.offset, "epoch": position.epoch}
 
 
 _HANDLERS: dict[type, Handler] = {

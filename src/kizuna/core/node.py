@@ -441,16 +441,16 @@ class Node:
         """
         if options is None:
             options = self.rules.options(channel)
-        publish_options = PublishOptions(
-            history_size=options.history_size,
-            history_ttl=options.history_ttl,
-            idempotency_key=idempotency_key,
-        )
+        publish_options = _publish_options(options, idempotency_key)
         if not self.tracing:
             pub = Publication(data, 0, info, time.time(), traceparent)
-            return await self._broker_call(
-                "publish", self.broker.publish(channel, pub, publish_options)
-            )
+            try:
+                position = await self.broker.publish(channel, pub, publish_options)
+            except BrokerError:
+                self.events.broker_operation("publish", False)
+                raise
+            self.events.broker_operation("publish", True)
+            return position
         attributes = _messaging(channel, "publish")
         span = self.tracer.start(
             f"publish {namespace_of(channel)}", "producer", attributes, traceparent
@@ -470,6 +470,36 @@ class Node:
             span.end(type(exc).__name__)
             raise
         span.end()
+        return position
+
+    def publish_nowait(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None,
+        idempotency_key: str | None,
+        options: NamespaceOptions,
+    ) -> asyncio.Future[StreamPosition] | None:
+        """:meth:`publish` started in the call, for a broker that :attr:`pipelines_publishes`.
+
+        No coroutine and no task per publish (a client's pipelined publishes,
+        client.py): the future resolves when the broker answers; read it with
+        :meth:`publish_outcome`. None when tracing — spans need :meth:`publish`.
+        """
+        if self.tracing or not self.pipelines_publishes:
+            return None
+        pub = Publication(data, 0, info, time.time())
+        return self.broker.publish_nowait(channel, pub, _publish_options(options, idempotency_key))
+
+    def publish_outcome(self, future: asyncio.Future[StreamPosition]) -> StreamPosition:
+        """The position of a finished :meth:`publish_nowait`, or its error, raised; counted."""
+        try:
+            position = future.result()
+        except BrokerError:
+            self.events.broker_operation("publish", False)
+            raise
+        self.events.broker_operation("publish", True)
         return position
 
     async def history(
@@ -584,6 +614,21 @@ class Node:
         subscribers = self.hub.get(channel)
         if subscribers is not None:
             subscribers.broadcast(codec.encode_leave_push(channel, info), 0)
+
+
+_PUBLISH_OPTIONS: dict[tuple[int, float], PublishOptions] = {}
+"""PublishOptions without an idempotency key, per (history size, history ttl)."""
+
+
+def _publish_options(options: NamespaceOptions, idempotency_key: str | None) -> PublishOptions:
+    """How a publication in a namespace with ``options`` is kept (one object per namespace)."""
+    if idempotency_key is not None:
+        return PublishOptions(options.history_size, options.history_ttl, idempotency_key)
+    key = (options.history_size, options.history_ttl)
+    cached = _PUBLISH_OPTIONS.get(key)
+    if cached is None:
+        cached = _PUBLISH_OPTIONS[key] = PublishOptions(*key)
+    return cached
 
 
 def _messaging(channel: str, operation: str) -> dict[str, str | int]:

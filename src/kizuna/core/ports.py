@@ -9,6 +9,7 @@ The core imports no backend and no transport: ``broker/`` implements
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,6 +94,16 @@ class Broker(Protocol):
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition: ...
+
+    def publish_nowait(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> asyncio.Future[StreamPosition]:
+        """:meth:`publish` as a future, started in the call: no coroutine, no task.
+
+        The Node uses it for a client's pipelined publishes, only when
+        :attr:`pipelines_publishes`. Failures arrive through the future.
+        """
+        ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

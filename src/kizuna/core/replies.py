@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["PendingReply", "ReplyQueue"]
 
@@ -23,8 +24,9 @@ class PendingReply:
 
     def __init__(self) -> None:
         self.data: bytes | None = None
-        self.task: asyncio.Task[None] | None = None
-        """The publish under way; held here so that it is not garbage-collected."""
+        self.task: asyncio.Future[Any] | None = None
+        """The publish under way (a task, or the broker's future); held here so that it is
+        not garbage-collected."""
 
 
 class ReplyQueue:
