@@ -151,3 +151,26 @@ def test_no_key_is_a_config_error() -> None:
         JWTAuthenticator(JWTSettings())
     with pytest.raises(ConfigError):
         JWTAuthenticator(JWTSettings(public_key="not a pem"))
+
+
+async def test_the_hmac_secret_is_prepared_once_not_per_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PyJWT re-checks a key on every decode (a DER parse attempt included); kizuna once."""
+    prepared: list[object] = []
+    original = jwt.algorithms.HMACAlgorithm.prepare_key
+
+    def counting(self: jwt.algorithms.HMACAlgorithm, key: str | bytes) -> bytes:
+        prepared.append(key)
+        return original(self, key)
+
+    tokens = [hs({"sub": user, "exp": soon()}) for user in ("alice", "bob", "carol")]
+    tokens.append(hs({"sub": "dave", "exp": soon()}, OTHER))
+    forged = hs({"sub": "eve", "exp": soon()}, "x" * 40)
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "prepare_key", counting)
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET, previous_secret=OTHER))
+    assert len(prepared) == 2  # each secret, checked at start-up
+    users = [(await auth.authenticate(token)).user for token in tokens]
+    assert users == ["alice", "bob", "carol", "dave"]
+    assert await refused(auth, forged) == 101
+    assert len(prepared) == 2
