@@ -25,7 +25,7 @@ EVENT_CALLS: dict[str, list[dict[str, Any]]] = {
     "command_handled": [{"seconds": 0.002, "error": 0}, {"seconds": 0.3, "error": 113}],
     "fanned_out": [{"latency": 0.004}, {"latency": 0.2, "traceparent": None}],
     "slow_client": [{}],
-    "frame_written": [{}],
+    "frames_written": [{"frames": 2}],
     "recovery": [{"recovered": True}, {"recovered": False}],
     "auth_failed": [{"code": 4002}],
     "broker_operation": [{"ok": True}, {"ok": False}],

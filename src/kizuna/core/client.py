@@ -109,6 +109,7 @@ class Client:
         "_tokens",
         "_write_nowait",
         "_writer",
+        "_written",
         "credentials",
         "id",
         "info",
@@ -146,6 +147,8 @@ class Client:
         self._scheduled = False
         """Queued messages wait for the node's flush or this connection's writer task."""
         self._write_nowait = getattr(transport, "write_nowait", None)
+        self._written = node.written(transport.name)
+        """The node's tally of frames written by its flush on this transport (Node.written)."""
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._tokens = float(node.options.command_burst)
         self._refilled_at = time.monotonic()
@@ -270,7 +273,10 @@ class Client:
                 self._queue = []
                 self._queued_bytes = 0
                 self._scheduled = False
-                self.node.events.frame_written(self.transport.name, len(batch), len(frame))
+                tally = self._written
+                tally[0] += len(batch)
+                tally[1] += 1
+                tally[2] += len(frame)
                 return
         self._writer = self.node.loop.create_task(self._write_loop())
 
@@ -283,7 +289,7 @@ class Client:
                 self._queued_bytes = 0
                 frame = codec.join_frame(batch)
                 await self.transport.write(frame)
-                events.frame_written(name, len(batch), len(frame))
+                events.frames_written(name, len(batch), 1, len(frame))
         except Exception:
             self.close_soon(DisconnectCode.WRITE_ERROR)
         finally:

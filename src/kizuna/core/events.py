@@ -40,8 +40,10 @@ class NodeEvents(Protocol):
     def messages_dropped(self, transport: str, count: int) -> None:
         """A drop-oldest queue shed ``count`` publications to make room."""
 
-    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
-        """A writer flushed ``messages`` coalesced into one frame of ``nbytes``."""
+    def frames_written(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
+        """Writers sent ``frames`` frames of ``nbytes`` in all, carrying ``messages``
+        (coalesced). Reported once per node flush for the frames it wrote, and per
+        frame by a connection's writer task."""
 
     def recovery(self, recovered: bool) -> None:
         """A subscribe asked to recover; whether it got everything it missed."""
@@ -82,7 +84,7 @@ class NoEvents:
     def messages_dropped(self, transport: str, count: int) -> None:
         pass
 
-    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
+    def frames_written(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
         pass
 
     def recovery(self, recovered: bool) -> None:

@@ -132,6 +132,7 @@ class Node:
         self.loop: asyncio.AbstractEventLoop
         """The event loop the node runs in; set by :meth:`start`."""
         self._dirty: list[Client] = []
+        self._written: dict[str, list[int]] = {}
         self._flush_pending = False
         self._broker_subscriptions: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -204,11 +205,23 @@ class Node:
             self._flush_pending = True
             self.loop.call_soon(self._flush)
 
+    def written(self, transport: str) -> list[int]:
+        """The tally of frames written by :meth:`_flush` on ``transport``:
+        [messages, frames, bytes], shared by its connections, reported once per flush."""
+        tally = self._written.get(transport)
+        if tally is None:
+            tally = self._written[transport] = [0, 0, 0]
+        return tally
+
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         self._flush_pending = False
         for client in dirty:
             client.flush_now()
+        for transport, tally in self._written.items():
+            if tally[1]:
+                self.events.frames_written(transport, tally[0], tally[1], tally[2])
+                tally[0] = tally[1] = tally[2] = 0
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""

@@ -47,8 +47,8 @@ class Observer:
     def messages_dropped(self, transport: str, count: int) -> None:
         self.metrics.messages_dropped(transport, count)
 
-    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
-        self.metrics.frame_written(transport, messages, nbytes)
+    def frames_written(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
+        self.metrics.frames_written(transport, messages, frames, nbytes)
 
     def recovery(self, recovered: bool) -> None:
         self.metrics.recovery(recovered)

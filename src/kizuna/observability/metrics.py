@@ -263,8 +263,8 @@ class Metrics:
     def messages_dropped(self, transport: str, count: int) -> None:
         self.dropped.labels(transport).inc(count)
 
-    def frame_written(self, transport: str, messages: int, nbytes: int) -> None:
-        """Count one written frame (a fan-out writes one per subscriber)."""
+    def frames_written(self, transport: str, messages: int, frames: int, nbytes: int) -> None:
+        """Count written frames (a node's flush reports all of its frames at once)."""
         bound = self._writes.get(transport)
         if bound is None:
             bound = self._writes[transport] = (
@@ -272,7 +272,10 @@ class Metrics:
                 self.frames_sent.labels(transport),
                 self.bytes_sent.labels(transport),
             )
-        self._tally.inc_triple(bound, messages, 1, nbytes)
+        tally = self._tally
+        tally.inc(bound[0], messages)
+        tally.inc(bound[1], frames)
+        tally.inc(bound[2], nbytes)
 
     def recovery(self, recovered: bool) -> None:
         self.recoveries.labels("recovered" if recovered else "not_recovered").inc()

@@ -34,15 +34,13 @@ __all__ = ["Tally", "TallyCollector"]
 class Tally:
     """Counter increments and histogram observations not yet added to their metrics."""
 
-    __slots__ = ("_counts", "_observed", "_triples")
+    __slots__ = ("_counts", "_observed")
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
         """Counter child -> amount to add."""
         self._observed: dict[Any, tuple[tuple[float, ...], list[float]]] = {}
         """Histogram child -> (its upper bounds, [sum, count per bucket ...])."""
-        self._triples: dict[tuple[Any, Any, Any], list[float]] = {}
-        """Three counters always updated together -> their amounts."""
 
     def inc(self, counter: Any, amount: float = 1) -> None:
         """``counter.inc(amount)``, applied at the next :meth:`flush`."""
@@ -51,21 +49,6 @@ class Tally:
             counts[counter] += amount
         else:
             counts[counter] = amount
-
-    def inc_triple(
-        self, counters: tuple[Any, Any, Any], first: float, second: float, third: float
-    ) -> None:
-        """:meth:`inc` of three counters at once (a written frame: messages, frames, bytes).
-
-        Once per frame of a fan-out: one dict lookup instead of three.
-        """
-        row = self._triples.get(counters)
-        if row is None:
-            self._triples[counters] = [first, second, third]
-        else:
-            row[0] += first
-            row[1] += second
-            row[2] += third
 
     def observe(self, histogram: Any, value: float) -> None:
         """``histogram.observe(value)``, applied at the next :meth:`flush`."""
@@ -82,12 +65,8 @@ class Tally:
         """Add everything tallied to the metrics."""
         counts, self._counts = self._counts, {}
         observed, self._observed = self._observed, {}
-        triples, self._triples = self._triples, {}
         for counter, amount in counts.items():
             counter.inc(amount)
-        for three, amounts in triples.items():
-            for counter, amount in zip(three, amounts, strict=True):
-                counter.inc(amount)
         for histogram, (_, tally) in observed.items():
             histogram._sum.inc(tally[0])
             for bucket, count in zip(histogram._buckets, tally[1:], strict=True):
