@@ -11,17 +11,16 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from kizuna.broker.memory import MemoryBroker
 from kizuna.core.client import MAX_PIPELINED_PUBLISHES, ClientState
 from kizuna.core.events import NoTracer
-from kizuna.core.node import Node
-from kizuna.core.options import NodeOptions
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerUnavailable
 from kizuna.protocol.codes import DisconnectCode
 from kizuna.protocol.messages import Publication, StreamPosition
-from tests.core.test_node import NAMESPACES, StaticAuth, cmd, connected, make_node, settle
+from tests.core.test_node import cmd, connected, make_node, settle
 
 
 class HeldBroker(MemoryBroker):
@@ -173,43 +172,23 @@ async def test_a_polite_close_answers_the_publishes_under_way_first() -> None:
     assert transport.closed is not None and transport.closed[0] == DisconnectCode.SHUTDOWN
 
 
-async def test_a_pipelined_publish_costs_no_task_until_answered() -> None:
-    """Node.publish_nowait: a future and a callback per publish, not a coroutine in a task."""
+@pytest.mark.parametrize(("tracer", "tasks_per_publish"), [(None, 0), (NoTracer(), 1)])
+async def test_a_pipelined_publish_runs_in_a_task_only_when_traced(
+    tracer: NoTracer | None, tasks_per_publish: int
+) -> None:
+    """Node.publish_nowait: a future and a callback per publish, no coroutine in a task;
+    spans need the coroutine, so with a tracer each publish runs in a task of its own."""
     broker = HeldBroker()
-    node = await make_node(broker)
+    node = await make_node(broker, tracer=tracer)
     client, transport = await connected(node)
     await settle()
     before = len(asyncio.all_tasks())
-    for i in range(50):
+    for i in range(5):
         await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
     await settle()
-    assert len(broker.called) == 50
-    assert len(asyncio.all_tasks()) == before
-    broker.answer()
+    assert broker.called == [0, 1, 2, 3, 4]
+    assert len(asyncio.all_tasks()) == before + 5 * tasks_per_publish
+    broker.answer(2, 0, 4, 1, 3)
     await settle()
-    assert ids(transport) == list(range(10, 60))
-
-
-async def test_with_tracing_a_pipelined_publish_runs_traced_and_in_order() -> None:
-    """Spans need the coroutine: with a tracer, each publish runs in a task of its own."""
-    broker = HeldBroker()
-    node = Node(
-        broker,
-        broker,
-        authenticator=StaticAuth(),
-        options=NodeOptions(namespaces=NAMESPACES),
-        tracer=NoTracer(),
-    )
-    await node.start()
-    client, transport = await connected(node)
-    await settle()
-    before = len(asyncio.all_tasks())
-    for i in range(3):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
-    await settle()
-    assert broker.called == [0, 1, 2]
-    assert len(asyncio.all_tasks()) == before + 3
-    broker.answer(2, 0, 1)
-    await settle()
-    assert ids(transport) == [10, 11, 12]
-    assert all("offset" in transport.reply(10 + i)["result"] for i in range(3))
+    assert ids(transport) == [10, 11, 12, 13, 14]
+    assert all("offset" in transport.reply(10 + i)["result"] for i in range(5))

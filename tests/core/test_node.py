@@ -70,13 +70,22 @@ NAMESPACES = {
 }
 
 
-async def make_node(broker: Any = None, auth_ttl: float | None = None, **opts: Any) -> Node:
+async def make_node(
+    broker: Any = None,
+    auth_ttl: float | None = None,
+    *,
+    events: Any = None,
+    tracer: Any = None,
+    **opts: Any,
+) -> Node:
     broker = broker or MemoryBroker()
     node = Node(
         broker,
         broker,
         authenticator=StaticAuth(auth_ttl),
         options=NodeOptions(namespaces=NAMESPACES, **opts),
+        events=events,
+        tracer=tracer,
     )
     await node.start()
     return node

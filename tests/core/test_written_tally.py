@@ -7,12 +7,10 @@ from typing import Any
 
 import orjson
 
-from kizuna.broker.memory import MemoryBroker
 from kizuna.core.client import Client
 from kizuna.core.events import NoEvents
 from kizuna.core.node import Node
-from kizuna.core.options import NodeOptions
-from tests.core.test_node import NAMESPACES, StaticAuth, cmd, settle
+from tests.core.test_node import cmd, make_node, settle
 
 
 class Written(NoEvents):
@@ -50,15 +48,7 @@ async def client_on(node: Node, transport: Any, channel: str) -> Client:
 
 async def test_one_report_per_flush_and_transport_with_the_sums() -> None:
     events = Written()
-    broker = MemoryBroker()
-    node = Node(
-        broker,
-        broker,
-        authenticator=StaticAuth(),
-        options=NodeOptions(namespaces=NAMESPACES),
-        events=events,
-    )
-    await node.start()
+    node = await make_node(events=events)
     websockets = [SyncTransport("websocket") for _ in range(3)]
     sse = SyncTransport("sse")
     for transport in [*websockets, sse]:

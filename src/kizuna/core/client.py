@@ -23,24 +23,8 @@ queue at once and writes it as one newline-delimited frame.
 
 Pipelined publishes
 -------------------
-With a broker that fixes a publish's place in its order when called (the
-Node's ``pipelines_publishes``: Redis), waiting for each publish's broker reply
-before handing over the next would cost a round trip per publish and a write
-per reply. Instead:
-
-1. A publish is handed to the broker by a task of its own, started at once;
-   tasks start in creation order, so the broker takes one connection's
-   publishes in command order (per-channel order holds). ``handle_command``
-   returns as soon as the task exists, and the transport reads on.
-2. Its reply gets a place in :attr:`Client._replies` when the command arrives
-   and is queued when it and every reply before it are ready: replies come
-   in command order, several per frame.
-3. Any other command first waits until every earlier publish is answered
-   (a barrier): a history, presence or subscribe sees the client's own
-   publications, and its reply comes after theirs.
-4. At most :data:`MAX_PIPELINED_PUBLISHES` are unanswered; the next publish
-   waits for room, and while it waits the transport reads nothing more, so a
-   flood is held back as before. Rate limits count each command as it arrives.
+With a broker that ``pipelines_publishes`` (Redis), a connection's publishes
+overlap and are answered in command order: core/replies.py tells how.
 """
 
 from __future__ import annotations
@@ -53,7 +37,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from kizuna.core.ports import Credentials, Transport
-from kizuna.core.replies import PendingReply, ReplyQueue
+from kizuna.core.replies import (
+    PendingReply,
+    PublishOutcome,
+    ReplyQueue,
+    position_result,
+    publish_reply,
+)
 from kizuna.exceptions import BrokerError, ProtocolError
 from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
@@ -443,31 +433,10 @@ class Client:
         command: Publish,
         pending: PendingReply,
         started: float,
-        outcome: StreamPosition | dict[str, Any] | ErrorCode | BaseException,
+        outcome: PublishOutcome,
     ) -> None:
-        """Fill ``pending`` with the reply to ``command`` and queue the replies now in order.
-
-        ``outcome``: the position (or result) published, the code of a refusal, or
-        what the publish raised.
-        """
-        error = 0
-        if isinstance(outcome, ErrorCode):
-            error = outcome
-            pending.data = codec.encode_error_reply(command.id, outcome, outcome.description)
-        elif isinstance(outcome, StreamPosition):
-            pending.data = codec.encode_reply(command.id, _position_result(outcome))
-        elif isinstance(outcome, dict):
-            pending.data = codec.encode_reply(command.id, outcome)
-        elif isinstance(outcome, ProtocolError):
-            error = outcome.code
-            pending.data = codec.encode_error_reply(command.id, outcome.code, outcome.message)
-        else:
-            # BrokerError; anything else is a bug or a cancellation: answered anyway, in order.
-            code = ErrorCode.BROKER_UNAVAILABLE
-            if not isinstance(outcome, BrokerError):
-                code = ErrorCode.INTERNAL
-            error = code
-            pending.data = codec.encode_error_reply(command.id, code, code.description)
+        """Fill ``pending`` with the reply to ``command`` and queue the replies now in order."""
+        pending.data, error = publish_reply(command.id, outcome)
         pending.task = None
         self._release_replies()
         self.node.events.command_handled(
@@ -606,7 +575,7 @@ class Client:
             idempotency_key=cmd.idempotency_key,
             options=options,
         )
-        return _position_result(position)
+        return position_result(position)
 
     async def _history(self, cmd: History) -> dict[str, Any]:
         options = self.node.rules.check_read(cmd.channel, self.credentials)
@@ -690,13 +659,6 @@ class Client:
             self.node.events.connection_closed(self.transport.name, self.namespace, code)
         elif sent:
             self.node.events.connection_rejected(self.transport.name, code)
-
-
-def _position_result(position: StreamPosition) -> dict[str, Any]:
-    """A publish reply's result: where the publication is in its channel's history."""
-    if not position.offset:
-        return {}
-    return {"offset": position.offset, "epoch": position.epoch}
 
 
 _HANDLERS: dict[type, Handler] = {
