@@ -535,10 +535,9 @@ class Client:
             self._expiry_timer = None
         expires_at = self.credentials.expires_at if self.credentials else None
         if expires_at is not None:
-            loop = asyncio.get_running_loop()
             # Clients refresh before expiry; the grace covers one that is late or reconnecting.
             delay = max(0.0, expires_at - time.time()) + self.node.options.token_expiry_grace
-            self._expiry_timer = loop.call_later(
+            self._expiry_timer = self.node.loop.call_later(
                 delay, self.close_soon, DisconnectCode.TOKEN_EXPIRED
             )
 

@@ -225,7 +225,8 @@ class Node:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
+        # The node's loop: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
+        task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -98,15 +98,26 @@ class LogEvents(NoEvents):
 
     def __init__(self) -> None:
         self._log = get_logger("kizuna.node")
+        self._stdlib = logging.getLogger("kizuna.node")
+
+    def _debugging(self) -> bool:
+        # Once per connection, twice: a debug event below the level still runs structlog's
+        # chain up to filter_by_level, which drops it by raising (~2 µs); the level check
+        # is a cached dict lookup.
+        return self._stdlib.isEnabledFor(logging.DEBUG)
 
     def connection_opened(self, transport: str, namespace: str) -> None:
-        self._log.debug("connection_opened", transport=transport, namespace=namespace)
+        if self._debugging():
+            self._log.debug("connection_opened", transport=transport, namespace=namespace)
 
     def connection_rejected(self, transport: str, code: int) -> None:
         self._log.info("connection_rejected", transport=transport, code=code)
 
     def connection_closed(self, transport: str, namespace: str, code: int) -> None:
-        self._log.debug("connection_closed", transport=transport, namespace=namespace, code=code)
+        if self._debugging():
+            self._log.debug(
+                "connection_closed", transport=transport, namespace=namespace, code=code
+            )
 
     def slow_client(self, transport: str) -> None:
         self._log.warning("slow_client_disconnected", transport=transport)
