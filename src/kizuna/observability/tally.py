@@ -16,7 +16,7 @@ Histograms are flushed through ``prometheus_client``'s own per-bucket values
 (``_upper_bounds``, ``_buckets``, ``_sum``): the library has no public "add
 ``n`` observations to this bucket", and prometheus_client is pinned
 (pyproject.toml); tests/observability/test_metrics_tally.py compares the result
-with the library's own ``observe`` for the same values.
+with the library's own ``observe`` for the same values. See docs/decisions/0005.
 """
 
 from __future__ import annotations
