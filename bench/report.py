@@ -365,7 +365,7 @@ def _redis_per_100k(step: dict[str, Any]) -> float | None:
     return float(redis) / (float(rate) / 100_000)
 
 
-def _nodes_cpu(step: dict[str, Any]) -> float | None:
+def nodes_cpu(step: dict[str, Any]) -> float | None:
     """The server processes' CPU without Redis's (``server`` counts both)."""
     cpu = step.get("cpu", {})
     if cpu.get("server") is None:
@@ -428,7 +428,7 @@ def _xnode(results: Results, reference: str) -> list[str]:
                 f"| {peer} | {step} | {_fmt(s['rate'])} | {_fmt(s['sent'])} "
                 f"| {_fmt(s['deliveriesPerSecond'])} | {_fmt(s['lost'])} | {s['disconnects']} "
                 f"| {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
-                f"| {_fmt(_nodes_cpu(s))} | {_cpu(s['cpu'].get('redis'))} "
+                f"| {_fmt(nodes_cpu(s))} | {_cpu(s['cpu'].get('redis'))} "
                 f"| {_fmt(_redis_per_100k(s))} | {_cpu(s['cpu']['generator'])} "
                 f"| {'yes' if s['pass'] else 'no'} |"
             )
@@ -477,7 +477,7 @@ def _channels(results: Results, reference: str) -> list[str]:
         return []
     rows = dict(sorted(rows.items(), key=lambda row: row[0] != reference))  # reference first
     ref = rows.get(reference, {})
-    mine = _nodes_cpu(ref["step"]) if ref.get("ok") else None
+    mine = nodes_cpu(ref["step"]) if ref.get("ok") else None
     any_ok = next((r for r in rows.values() if r.get("ok")), None)
     size = (
         f"{any_ok['connections']:,} connections, each on its own channel; "
@@ -491,24 +491,27 @@ def _channels(results: Results, reference: str) -> list[str]:
         "",
         "CPU is % of one core over the publishing window: the server process, Redis on its "
         "own where the server has one, and both. Lost = not delivered by the end of the drain. "
+        "The scenario runs in rounds, interleaved across servers; the row is the round with "
+        "the median server process CPU, and every round's is listed. "
         f"The ratio compares server process CPU: below 1, {reference} used less.",
         "",
         "| server | publish msg/s | delivered | lost | disconnects | p50 ms | p99 ms | max ms "
-        "| server process CPU % | Redis CPU % | server + Redis CPU % | generator CPU % "
-        f"| publisher errors | {reference} ÷ server (process CPU) |",
-        "| --- " + "| ---: " * 13 + "|",
+        "| server process CPU % | per round | Redis CPU % | server + Redis CPU % "
+        f"| generator CPU % | publisher errors | {reference} ÷ server (process CPU) |",
+        "| --- " + "| ---: " * 14 + "|",
     ]
     for peer, r in rows.items():
         if not r.get("ok"):
-            lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 12)
+            lines.append(f"| {peer} | failed: {r.get('error')} |" + " |" * 13)
             continue
         s = r["step"]
+        per_round = ", ".join(_fmt(cpu) for cpu in r.get("rounds") or [nodes_cpu(s)])
         lines.append(
             f"| {peer} | {_fmt(s['publishRate'])} | {_fmt(s['received'])} | {_fmt(s['lost'])} "
             f"| {s['disconnects']} | {_fmt(s['p50'])} | {_fmt(s['p99'])} | {_fmt(s['max'])} "
-            f"| {_fmt(_nodes_cpu(s))} | {_cpu(s['cpu'].get('redis'))} "
+            f"| {_fmt(nodes_cpu(s))} | {per_round} | {_cpu(s['cpu'].get('redis'))} "
             f"| {_cpu(s['cpu']['server'])} | {_cpu(s['cpu']['generator'])} "
-            f"| {_fmt(r.get('publisherErrors'))} | {_ratio(mine, _nodes_cpu(s))} |"
+            f"| {_fmt(r.get('publisherErrors'))} | {_ratio(mine, nodes_cpu(s))} |"
         )
     return [*lines, ""]
 

@@ -106,6 +106,10 @@ class Plan:
     channel_rate: int = 5000
     """Publications per second, each to one channel drawn at random."""
     channel_seconds: float = 10.0
+    channel_rounds: int = 3
+    """Rounds of the channels scenario, interleaved across servers; the median counts.
+
+    One run's CPU varies by up to ±20 % on a shared machine (bench/RESULTS.md)."""
 
     def scaled(self, factor: float, *, rates: bool = True, overload: bool = True) -> Plan:
         """The same plan with its publish rates times ``factor`` (at least 1 msg/s each)."""
@@ -137,6 +141,7 @@ QUICK = Plan(
     channel_subscribers=200,
     channel_rate=500,
     channel_seconds=3.0,
+    channel_rounds=1,
 )
 
 

@@ -136,6 +136,39 @@ def test_an_external_run_is_labelled_and_shows_no_server_figures() -> None:
     assert row.count("| — ") >= 2  # server CPU % and µs per connect
 
 
+def _channels(server_cpu: float, ok: bool = True) -> dict[str, Any]:
+    step = {
+        "rate": 5000,
+        "sent": 50000,
+        "publishRate": 5000,
+        "received": 50000,
+        "lost": 0,
+        "disconnects": 0,
+        "p50": 0.3,
+        "p99": 1.0,
+        "max": 5.0,
+        "cpu": {"server": server_cpu, "generator": 15.0},
+    }
+    return {"ok": ok, "connections": 2000, "step": step, "publisherErrors": 0}
+
+
+def test_the_channels_round_reported_is_the_median_by_server_cpu() -> None:
+    kept = None
+    for cpu in (27.2, 21.5, 23.0):
+        kept = run._median_cpu(kept, _channels(cpu))
+    assert kept is not None
+    assert kept["step"]["cpu"]["server"] == 23.0
+    assert kept["rounds"] == [27.2, 21.5, 23.0]
+    assert len(kept["runs"]) == 3 and "runs" not in kept["runs"][0]
+    two = run._median_cpu(run._median_cpu(None, _channels(30.0)), _channels(20.0))
+    assert two["step"]["cpu"]["server"] == 20.0  # of two, the lower
+    failed = run._median_cpu(run._median_cpu(None, _channels(0.0, ok=False)), _channels(25.0))
+    assert failed["step"]["cpu"]["server"] == 25.0 and failed["rounds"] == [None, 25.0]
+    text = render(META, {}, {"kizuna": {"channels": kept}}, "kizuna")
+    row = next(line for line in text.splitlines() if line.startswith("| kizuna"))
+    assert "| 23.0 | 27.2, 21.5, 23.0 |" in row
+
+
 @pytest.mark.node
 def test_connect_scenario_against_a_running_kizuna(tmp_path: Path) -> None:
     """bench.run --url end to end, small: every connection verified, answered and closed."""
