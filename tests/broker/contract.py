@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from kizuna.core.ports import PublishOptions
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
 
@@ -166,6 +168,25 @@ class BrokerContract:
         assert [p.offset for p, _ in delivered] == list(range(1, n + 1))  # in order, once each
         by_offset = {p.offset: int(p.data) for p, _ in delivered}
         assert by_offset == {pos.offset: i for i, pos in enumerate(positions)}
+
+    async def test_publish_nowait_takes_its_place_in_the_call(
+        self, broker: BrokerUnderTest
+    ) -> None:
+        """Where a broker pipelines publishes, publish_nowait is publish started in the call:
+        futures made in order are applied in that order, with publish's positions."""
+        if not broker.broker.pipelines_publishes:
+            pytest.skip("the Node calls publish_nowait only on brokers that pipeline publishes")
+        channel = unique()
+        await broker.broker.subscribe(channel)
+        futures = [
+            broker.broker.publish_nowait(channel, pub(b"%d" % i), HISTORY) for i in range(20)
+        ]
+        futures.append(broker.broker.publish_nowait(channel, pub(b"20"), NO_HISTORY))
+        positions = await asyncio.gather(*futures)
+        assert [p.offset for p in positions] == [*range(1, 21), 0]
+        assert positions[-1] == StreamPosition(0, "")
+        await broker.recorder.count(channel, 21)
+        assert [int(p.data) for p, _ in broker.recorder.on(channel)] == list(range(21))
 
     # --- history (Broker contract 3) -----------------------------------------------------
 

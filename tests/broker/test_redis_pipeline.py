@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 
 from kizuna.broker.redis import RedisBroker
+from kizuna.broker.redis_pipeline import PublishPipeline
 from kizuna.broker.redis_scripts import ChannelKeys
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerError, BrokerUnavailable
@@ -142,3 +144,26 @@ async def test_close_fails_what_is_queued(
             await future
     with pytest.raises(BrokerUnavailable):
         await broker.publish(channel, pub(), HISTORY)
+
+
+async def test_a_reply_its_converter_cannot_read_fails_only_its_own_command(
+    redis_server: RedisProcess,
+) -> None:
+    """send(convert=) hands the caller a converted result; a reply it cannot convert is a
+    BrokerError for that command alone, and the rest of the batch is answered."""
+    pipeline = PublishPipeline(
+        lambda: Connection(host="127.0.0.1", port=redis_server.port), timeout=5.0
+    )
+    try:
+        futures = [
+            pipeline.send("PING", convert=bytes.decode),
+            pipeline.send("PING", convert=int),  # b"PONG" is no number
+            pipeline.send("ECHO", "after"),
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await pipeline.close()
+    assert results[0] == "PONG"
+    assert isinstance(results[1], BrokerError) and not isinstance(results[1], BrokerUnavailable)
+    assert isinstance(results[1].__cause__, ValueError)
+    assert results[2] == b"after"

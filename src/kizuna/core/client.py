@@ -423,7 +423,7 @@ class Client:
             result = await self._publish(command)
         except BaseException as exc:
             self._answer_publish(command, pending, started, exc)
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, Exception):  # a cancellation (or an exit) goes on
                 raise
             return
         self._answer_publish(command, pending, started, result)
