@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -416,5 +417,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _unwind_on_sigterm() -> None:
+    """Let SIGTERM (``kill``, ``timeout``) unwind like Ctrl-C.
+
+    Python's default action for SIGTERM ends the process at once, skipping the
+    ``finally`` blocks that stop the servers, their Redis and the load generator:
+    they were left running, and skewed the next benchmark on the machine.
+    """
+
+    def stop(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    _unwind_on_sigterm()
     sys.exit(main())

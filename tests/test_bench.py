@@ -9,6 +9,11 @@ The one end-to-end test runs the connect scenario (50 connections) against a rea
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +189,41 @@ def test_connect_scenario_against_a_running_kizuna(tmp_path: Path) -> None:
     assert (best["connected"], best["failed"], best["dropped"], best["closed"]) == (50, 0, 0, 50)
     assert best["cpu"]["server"] is None
     assert "External target" in (tmp_path / "results.md").read_text()
+
+
+def test_sigterm_unwinds_so_started_processes_are_stopped(tmp_path: Path) -> None:
+    """A killed benchmark (``kill``, ``timeout``) must not leave its servers running."""
+    script = tmp_path / "victim.py"
+    pid_file = tmp_path / "child.pid"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from bench import procs, run\n"
+        "run._unwind_on_sigterm()\n"
+        f"child = procs.start(['sleep', '60'], log=Path({str(tmp_path / 'log')!r}))\n"
+        "try:\n"
+        f"    Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        "    procs.stop(child)\n"
+    )
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    victim = subprocess.Popen([sys.executable, str(script)], cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        victim.send_signal(signal.SIGTERM)
+        assert victim.wait(20) == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{child}").exists() or "zombie" in _state(child)
+    finally:
+        victim.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (FileNotFoundError, IndexError):
+        return "gone"
