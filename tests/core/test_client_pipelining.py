@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from kizuna.broker.memory import MemoryBroker
-from kizuna.core.client import MAX_PIPELINED_PUBLISHES, ClientState
+from kizuna.core.client import MAX_PIPELINED_PUBLISHES, Client, ClientState
 from kizuna.core.events import NoTracer
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerUnavailable
 from kizuna.protocol.codes import DisconnectCode
 from kizuna.protocol.messages import Publication, StreamPosition
-from tests.core.test_node import cmd, connected, make_node, settle
+from tests.core.test_node import RecordingTransport, cmd, connected, make_node, settle
 
 
 class HeldBroker(MemoryBroker):
@@ -67,12 +67,22 @@ def ids(transport: Any) -> list[int]:
     return [m["id"] for m in transport.messages() if "id" in m and m["id"] > 1]
 
 
-async def test_publishes_reach_the_broker_before_any_reply_and_are_answered_in_order() -> None:
+async def held_client(**node_options: Any) -> tuple[HeldBroker, Client, RecordingTransport]:
+    """A connected client on a node whose broker answers only when told to."""
     broker = HeldBroker()
-    node = await make_node(broker)
-    client, transport = await connected(node)
-    for i in range(5):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    client, transport = await connected(await make_node(broker, **node_options))
+    return broker, client, transport
+
+
+async def publish(client: Client, count: int, channel: str = "chat:a") -> None:
+    """``count`` publishes of 0, 1, ..., with command ids 10, 11, ..."""
+    for i in range(count):
+        await client.handle_frame(cmd(10 + i, "publish", channel=channel, data=i))
+
+
+async def test_publishes_reach_the_broker_before_any_reply_and_are_answered_in_order() -> None:
+    broker, client, transport = await held_client()
+    await publish(client, 5)
     await settle()
     assert broker.called == [0, 1, 2, 3, 4]  # all handed over, in order, none answered
     broker.answer(3, 1)
@@ -87,11 +97,8 @@ async def test_publishes_reach_the_broker_before_any_reply_and_are_answered_in_o
 
 
 async def test_another_command_waits_for_the_publishes_before_it() -> None:
-    broker = HeldBroker()
-    node = await make_node(broker)
-    client, transport = await connected(node)
-    for i in range(3):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    broker, client, transport = await held_client()
+    await publish(client, 3)
     history = asyncio.ensure_future(client.handle_frame(cmd(20, "history", channel="chat:a")))
     await settle()
     assert not history.done()  # the barrier: the inbox reads nothing more meanwhile
@@ -104,11 +111,8 @@ async def test_another_command_waits_for_the_publishes_before_it() -> None:
 
 
 async def test_at_most_max_publishes_are_unanswered() -> None:
-    broker = HeldBroker()
-    node = await make_node(broker)
-    client, transport = await connected(node)
-    for i in range(MAX_PIPELINED_PUBLISHES):
-        await client.handle_frame(cmd(10 + i, "publish", channel="live:a", data=i))
+    broker, client, transport = await held_client()
+    await publish(client, MAX_PIPELINED_PUBLISHES, "live:a")
     one_more = asyncio.ensure_future(
         client.handle_frame(cmd(9999, "publish", channel="live:a", data="last"))
     )
@@ -125,11 +129,8 @@ async def test_at_most_max_publishes_are_unanswered() -> None:
 
 
 async def test_broker_failures_answer_113_in_their_place() -> None:
-    broker = HeldBroker()
-    node = await make_node(broker)
-    client, transport = await connected(node)
-    for i in range(3):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    broker, client, transport = await held_client()
+    await publish(client, 3)
     await settle()
     broker.answer(1, failure=BrokerUnavailable("down"))
     broker.answer()
@@ -140,9 +141,8 @@ async def test_broker_failures_answer_113_in_their_place() -> None:
 
 
 async def test_command_rate_still_applies_to_pipelined_publishes() -> None:
-    broker = HeldBroker()
-    node = await make_node(broker, command_rate=1, command_burst=3)
-    client, transport = await connected(node)  # the connect took one token
+    # The connect took one token of the burst.
+    broker, client, transport = await held_client(command_rate=1, command_burst=3)
     frame = b"\n".join(cmd(i, "publish", channel="live:a", data=i) for i in range(2, 8))
     handled = asyncio.ensure_future(client.handle_frame(frame))
     await settle()
@@ -158,11 +158,8 @@ async def test_command_rate_still_applies_to_pipelined_publishes() -> None:
 
 
 async def test_a_polite_close_answers_the_publishes_under_way_first() -> None:
-    broker = HeldBroker()
-    node = await make_node(broker)
-    client, transport = await connected(node)
-    for i in range(3):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    broker, client, transport = await held_client()
+    await publish(client, 3)
     closing = asyncio.ensure_future(client.close(DisconnectCode.SHUTDOWN, flush=True))
     await settle()
     assert not closing.done()
@@ -178,13 +175,10 @@ async def test_a_pipelined_publish_runs_in_a_task_only_when_traced(
 ) -> None:
     """Node.publish_nowait: a future and a callback per publish, no coroutine in a task;
     spans need the coroutine, so with a tracer each publish runs in a task of its own."""
-    broker = HeldBroker()
-    node = await make_node(broker, tracer=tracer)
-    client, transport = await connected(node)
+    broker, client, transport = await held_client(tracer=tracer)
     await settle()
     before = len(asyncio.all_tasks())
-    for i in range(5):
-        await client.handle_frame(cmd(10 + i, "publish", channel="chat:a", data=i))
+    await publish(client, 5)
     await settle()
     assert broker.called == [0, 1, 2, 3, 4]
     assert len(asyncio.all_tasks()) == before + 5 * tasks_per_publish
