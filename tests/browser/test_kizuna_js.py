@@ -187,13 +187,17 @@ async def test_tokens_are_replaced_and_refreshed(browser: Browser, kizuna: Kizun
           track(expired);
           await expired.connect();
           const afterExpired = calls;
-          // A 1-second token with a callback: refreshed on the open connection.
-          const short = new k.Client(location.origin, {{token: {json.dumps(token("ann", ttl=1))},
+          // A 3-second token with a callback: refreshed on the open connection. Not
+          // shorter: the connects above can take a second on a loaded machine.
+          const shortToken = {json.dumps(token("ann", ttl=3))};
+          const expiresAt = JSON.parse(atob(shortToken.split('.')[1].replace(/-/g, '+')
+            .replace(/_/g, '/'))).exp * 1000;
+          const short = new k.Client(location.origin, {{token: shortToken,
             getToken: async () => {{ calls += 1; return fresh; }}, {FAST}}});
           const shortStates = [];
           short.on('state', (s) => shortStates.push(s.state));
           await short.connect();
-          await new Promise((r) => setTimeout(r, 1500));
+          await new Promise((r) => setTimeout(r, expiresAt - Date.now() + 500));
           await short.publish('chat:js-token', 'still here');
           await expired.close(); await short.close();
           return {{afterExpired, calls, shortStates}};

@@ -33,6 +33,12 @@ def token(sub: str = "alice", *, ttl: float = 3600.0, **claims: Any) -> str:
     return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
 
 
+def seconds_to_expiry(encoded: str) -> float:
+    """How long ``encoded`` has left: tests wait this out rather than guess at load."""
+    claims = jwt.decode(encoded, options={"verify_signature": False})
+    return float(claims["exp"]) - time.time()
+
+
 @dataclass
 class StateLog:
     """Records every StateChange with the monotonic time it happened."""

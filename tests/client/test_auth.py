@@ -9,7 +9,14 @@ import jwt
 import pytest
 
 from kizuna.client import Backoff, Client, ConnectionState, Disconnected, Subscribed
-from tests.client.support import FAST_BACKOFF, TIMEOUT, StateLog, next_event, token
+from tests.client.support import (
+    FAST_BACKOFF,
+    TIMEOUT,
+    StateLog,
+    next_event,
+    seconds_to_expiry,
+    token,
+)
 from tests.support.processes import KizunaProcess
 
 CONNECTING = ConnectionState.CONNECTING
@@ -65,13 +72,16 @@ async def test_an_expired_token_is_replaced_through_the_callback(
 
 
 async def test_the_token_is_refreshed_before_it_expires(shared_kizuna: KizunaProcess) -> None:
-    """A 1-second token, refreshed on the open connection: it never drops."""
+    """A 3-second token, refreshed on the open connection: it never drops.
+
+    Not shorter: under a loaded suite a 1-second token could expire before the connect
+    reached the server, which tests something else (a refusal at connect)."""
     log = StateLog()
     tokens = Tokens(token("alice", ttl=3600))
-    short = token("alice", ttl=1)
+    short = token("alice", ttl=3)
     async with Client(shared_kizuna.ws_url, token=short, get_token=tokens, on_state=log) as client:
         sub = await client.subscribe("chat:refresh")
-        await asyncio.sleep(1.5)  # past the first token's expiry
+        await asyncio.sleep(seconds_to_expiry(short) + 0.5)  # past the first token's expiry
         await client.publish("chat:refresh", "still here")
         await next_event(sub, Subscribed)
         assert tokens.calls == 1
@@ -84,7 +94,7 @@ async def test_expiry_without_a_timely_refresh_reconnects_with_a_new_token(
     """The callback is too slow the first time: the server closes with 3006; the client recovers."""
     log = StateLog()
     tokens = Tokens(token("alice", ttl=3600), delay=2.0)
-    short = token("alice", ttl=1)
+    short = token("alice", ttl=3)  # refreshed at 0.8 × ttl: the slow callback ends after expiry
     async with Client(
         shared_kizuna.ws_url, token=short, get_token=tokens, on_state=log, backoff=FAST_BACKOFF
     ) as client:
@@ -180,7 +190,7 @@ async def test_a_callback_with_nothing_new_lets_the_token_expire_then_stops(
     shared_kizuna: KizunaProcess,
 ) -> None:
     """No busy refresh loop: the same token is not sent again; at expiry the client stops."""
-    short = token("alice", ttl=1)
+    short = token("alice", ttl=2)  # long enough to be accepted at connect under load
     tokens = Tokens(short)
     log = StateLog()
     client = Client(shared_kizuna.ws_url, token=short, get_token=tokens, on_state=log)
