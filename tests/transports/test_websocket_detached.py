@@ -18,7 +18,11 @@ import websockets
 from kizuna.core.auth import mint_token
 from kizuna.core.client import Client
 from kizuna.server import Server
-from kizuna.transports.websocket_protocol import DetachableWebSocketProtocol, WritableFlag
+from kizuna.transports.websocket_protocol import (
+    INBOX_FRAMES,
+    DetachableWebSocketProtocol,
+    WritableFlag,
+)
 from tests.support.inprocess import serving
 from tests.support.processes import JWT_SECRET
 
@@ -240,3 +244,73 @@ async def test_a_frame_that_raises_drops_only_its_connection(
     assert [c.user for c in server.node.clients.values()] == ["bystander"]
     assert (await command(bystander, 2, "ping"))["id"] == 2
     await bystander.close()
+
+
+async def test_a_flood_of_commands_waits_in_the_kernel_and_is_answered_in_order(
+    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the handler is busy, reading stops once INBOX_FRAMES frames wait; none is lost."""
+    server, url = served
+    released = asyncio.Event()
+    handle_frame = Client.handle_frame
+
+    async def held(self: Client, frame: bytes | str) -> None:
+        if '"hold"' in str(frame):
+            await released.wait()
+        await handle_frame(self, frame)
+
+    monkeypatch.setattr(Client, "handle_frame", held)
+    ws = await connected(url, "flooder")
+    (client,) = server.node.clients.values()
+    protocol = client.transport.protocol
+    assert isinstance(protocol, DetachableWebSocketProtocol) and protocol.inbox is not None
+    flood = 2000
+    padding = "x" * 1000  # 2 MB in all: far more than one read takes from the socket
+    await ws.send('{"id": 2, "method": "ping", "params": {"hold": 1}}')
+    for cid in range(3, flood + 3):
+        await ws.send(f'{{"id": {cid}, "method": "ping", "params": {{"pad": "{padding}"}}}}')
+    for _ in range(100):
+        if protocol.read_paused:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # a server that kept reading would take in more by now
+    waiting = len(protocol.inbox._pending)
+    assert protocol.read_paused
+    assert INBOX_FRAMES <= waiting < flood // 2, waiting
+    released.set()
+    answered = []
+    while len(answered) < flood + 1:
+        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
+            answered.append(orjson.loads(line)["id"])
+    assert answered == list(range(2, flood + 3))
+    assert not protocol.read_paused
+    await ws.close()
+
+
+async def test_a_steady_stream_of_commands_does_not_pause_reading(
+    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the bound, frames are read ahead: uvicorn's pause per frame is skipped."""
+    server, url = served
+    ws = await connected(url, "steady")
+    (client,) = server.node.clients.values()
+    protocol = client.transport.protocol
+    assert isinstance(protocol, DetachableWebSocketProtocol)
+    paused = 0
+    pause_reading = protocol.transport.pause_reading
+
+    def counted() -> None:
+        nonlocal paused
+        paused += 1
+        pause_reading()
+
+    monkeypatch.setattr(protocol.transport, "pause_reading", counted)
+    for cid in range(2, 52):
+        await ws.send(f'{{"id": {cid}, "method": "ping"}}')
+    answered = []
+    while len(answered) < 50:
+        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
+            answered.append(orjson.loads(line)["id"])
+    assert answered == list(range(2, 52))
+    assert paused == 0
+    await ws.close()

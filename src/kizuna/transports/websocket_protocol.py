@@ -28,7 +28,17 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
 
-__all__ = ["DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
+__all__ = ["INBOX_FRAMES", "DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
+
+INBOX_FRAMES = 64
+"""Frames a detached connection reads ahead of its handler before reading pauses.
+
+uvicorn pauses reading after every frame and resumes when the app takes it: two
+event-loop watcher changes (with uvloop, a syscall each) per burst of commands. A
+publisher sends bursts, so reading ahead by a bounded number of frames saves them;
+the bound (plus the frames of the one read that crosses it) caps the memory a
+flooding client can take, as the ``websockets`` library's own ``max_queue`` does.
+"""
 
 
 class FrameHandler(Protocol):
@@ -43,10 +53,11 @@ class Inbox:
     """Stands in for uvicorn's receive queue on a detached connection.
 
     Frames are handled one at a time, in order, by a task that exists only while
-    there is something to handle; uvicorn pauses reading after each frame, and the
-    inbox resumes it once it has caught up, so a flood of commands is held back in
-    the kernel, not in memory. A disconnect waits behind frames that arrived
-    before it, as it would in the ASGI receive loop.
+    there is something to handle. Reading stops while :data:`INBOX_FRAMES` frames
+    wait (uvicorn under ASGI stops after every frame) and resumes once the inbox
+    has caught up, so a flood of commands is held back in the kernel, not in
+    memory. A disconnect waits behind frames that arrived before it, as it would
+    in the ASGI receive loop.
     """
 
     __slots__ = ("_closed_code", "_handler", "_pending", "_protocol", "_task")
@@ -72,6 +83,9 @@ class Inbox:
 
     def empty(self) -> bool:
         return not self._pending
+
+    def has_room(self) -> bool:
+        return len(self._pending) < INBOX_FRAMES
 
     async def _drain(self) -> None:
         try:
@@ -139,6 +153,7 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with :meth:`detach`."""
 
     detached = False
+    inbox: Inbox | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,7 +167,7 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         queued = self.queue
         inbox = Inbox(self, handler)
-        self.queue = inbox  # type: ignore[assignment]
+        self.queue = self.inbox = inbox  # type: ignore[assignment]
         self.detached = True
         while not queued.empty():  # nothing in practice: accept and detach share a turn
             inbox.put_nowait(dict(queued.get_nowait()))
@@ -176,6 +191,19 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
             conn.parser = FrameProtocol.parse(conn)
             next(conn.parser)
+
+    def send_receive_event_to_app(self) -> None:
+        inbox = self.inbox
+        if inbox is None or self.read_paused or not inbox.has_room():
+            super().send_receive_event_to_app()
+            return
+        # uvicorn pauses reading after queueing the frame unless it is paused already;
+        # the inbox has room, so let it believe that for this one frame.
+        self.read_paused = True
+        try:
+            super().send_receive_event_to_app()
+        finally:
+            self.read_paused = False
 
     def resume_after_frames(self) -> None:
         """The inbox has caught up: read again (uvicorn's ``receive()`` does this under ASGI)."""
