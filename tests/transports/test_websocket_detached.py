@@ -314,3 +314,41 @@ async def test_a_steady_stream_of_commands_does_not_pause_reading(
     assert answered == list(range(2, 52))
     assert paused == 0
     await ws.close()
+
+
+async def test_closed_connections_leave_no_cyclic_garbage(served: tuple[Server, str]) -> None:
+    """Freed by reference counting when they end, not by a later full cyclic-GC pass.
+
+    With thousands of connections open a full pass takes 100 ms or more (that is
+    everyone's latency), so the garbage of closed ones must not wait for it. Covers
+    a client that closes, one the server disconnects, one that never sends connect.
+    """
+    server, url = served
+    subscriber = await connected(url, "leaving")
+    await command(subscriber, 2, "subscribe", channel="chat:gc")
+    kicked = await connected(url, "kicked")
+    silent = await websockets.connect(url, compression=None)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await command(kicked, 2, "publish", channel="chat:gc", data={"n": 1})
+        await subscriber.close()
+        await silent.close()
+        await server.node.disconnect_user("kicked")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(kicked.recv(), 5)
+        for _ in range(100):
+            if not server.node.clients:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.node.clients
+        await asyncio.sleep(0.1)  # the server's side of the closing handshakes
+        gc.collect()
+        server_side = (Client, DetachableWebSocketProtocol, websockets.ServerProtocol)
+        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, server_side)]
+        assert cyclic == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

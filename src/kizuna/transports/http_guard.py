@@ -57,4 +57,12 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
             self._disarm()
             super().connection_lost(exc)
 
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            # The WebSocket protocol has the socket now; this object never hears of it
+            # again (no connection_lost, where uvicorn drops the parser). The parser holds
+            # this object's bound methods: left as it is, the pair — and the socket's
+            # transport through it — could be freed only by a full cyclic-GC pass.
+            self.parser = None  # type: ignore[assignment]
+
     return GuardedHttpToolsProtocol
