@@ -29,6 +29,7 @@ in (scripts must not invent randomness), and deletes any stream left over.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -52,13 +53,16 @@ class ChannelKeys:
     presence: str
     presence_expiry: str
 
-    @classmethod
-    def of(cls, prefix: str, channel: str) -> ChannelKeys:
+    @staticmethod
+    @functools.lru_cache(maxsize=16_384)
+    def of(prefix: str, channel: str) -> ChannelKeys:
+        """The names of ``channel`` (cached: every publish needs them, building them took
+        ~1.3 µs — five strings and a frozen dataclass — and busy channels repeat)."""
         tag = channel
         if not tag or "{" in tag or "}" in tag:
             tag = hashlib.sha1(channel.encode()).hexdigest()
         base = f"{prefix}:{{{tag}}}"
-        return cls(
+        return ChannelKeys(
             pubsub=base,
             stream=base + ":stream",
             meta=base + ":meta",
