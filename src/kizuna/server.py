@@ -183,9 +183,16 @@ class Server:
             # python-engineio matches on the full path, so it is not mounted under Starlette.
             await self.socketio(scope, receive, send)
         else:
-            if scope.get("path") == SSE_PATH:
-                scope[RAW_SEND] = send  # the stream's body chunks may skip the middleware
-            await self.http(scope, receive, send)
+            if scope.get("path") != SSE_PATH:
+                await self.http(scope, receive, send)
+                return
+            scope[RAW_SEND] = send  # the stream's body chunks may skip the middleware
+            try:
+                await self.http(scope, receive, send)
+            finally:
+                # ``send`` is bound to uvicorn's request cycle, which holds this scope: left
+                # in, the request's objects could be freed only by a full cyclic-GC pass.
+                del scope[RAW_SEND]
 
     @staticmethod
     def _page(name: str) -> Any:
