@@ -113,7 +113,8 @@ class Inbox:
         The protocol, this inbox and the handler (whose transport holds the protocol)
         point at one another; cut here, a closed connection is freed by reference
         counting at once instead of by a later full cyclic-GC pass — which, with
-        thousands of connections open, takes a hundred milliseconds or more.
+        thousands of connections open, takes a hundred milliseconds or more
+        (docs/decisions/0006-no-cycles-per-connection.md).
         """
         handler = self._handler
         del self._handler, self._protocol
