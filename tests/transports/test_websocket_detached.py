@@ -59,6 +59,23 @@ async def connected(url: str, user: str) -> websockets.ClientConnection:
     return ws
 
 
+def only_protocol(server: Server) -> DetachableWebSocketProtocol:
+    """The server side of the one connection the server has."""
+    (client,) = server.node.clients.values()
+    protocol = client.transport.protocol
+    assert isinstance(protocol, DetachableWebSocketProtocol) and protocol.inbox is not None
+    return protocol
+
+
+async def reply_ids(ws: websockets.ClientConnection, count: int) -> list[int]:
+    """The ids of the next ``count`` replies, in the order they came."""
+    ids: list[int] = []
+    while len(ids) < count:
+        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
+            ids.append(orjson.loads(line)["id"])
+    return ids
+
+
 def asgi_tasks() -> list[asyncio.Task[object]]:
     """The loop's tasks that run an ASGI application for a WebSocket connection."""
     return [
@@ -261,9 +278,8 @@ async def test_a_flood_of_commands_waits_in_the_kernel_and_is_answered_in_order(
 
     monkeypatch.setattr(Client, "handle_frame", held)
     ws = await connected(url, "flooder")
-    (client,) = server.node.clients.values()
-    protocol = client.transport.protocol
-    assert isinstance(protocol, DetachableWebSocketProtocol) and protocol.inbox is not None
+    protocol = only_protocol(server)
+    assert protocol.inbox is not None
     flood = 2000
     padding = "x" * 1000  # 2 MB in all: far more than one read takes from the socket
     await ws.send('{"id": 2, "method": "ping", "params": {"hold": 1}}')
@@ -278,11 +294,7 @@ async def test_a_flood_of_commands_waits_in_the_kernel_and_is_answered_in_order(
     assert protocol.read_paused
     assert INBOX_FRAMES <= waiting < flood // 2, waiting
     released.set()
-    answered = []
-    while len(answered) < flood + 1:
-        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
-            answered.append(orjson.loads(line)["id"])
-    assert answered == list(range(2, flood + 3))
+    assert await reply_ids(ws, flood + 1) == list(range(2, flood + 3))
     assert not protocol.read_paused
     await ws.close()
 
@@ -293,9 +305,7 @@ async def test_a_steady_stream_of_commands_does_not_pause_reading(
     """Below the bound, frames are read ahead: uvicorn's pause per frame is skipped."""
     server, url = served
     ws = await connected(url, "steady")
-    (client,) = server.node.clients.values()
-    protocol = client.transport.protocol
-    assert isinstance(protocol, DetachableWebSocketProtocol)
+    protocol = only_protocol(server)
     paused = 0
     pause_reading = protocol.transport.pause_reading
 
@@ -307,11 +317,7 @@ async def test_a_steady_stream_of_commands_does_not_pause_reading(
     monkeypatch.setattr(protocol.transport, "pause_reading", counted)
     for cid in range(2, 52):
         await ws.send(f'{{"id": {cid}, "method": "ping"}}')
-    answered = []
-    while len(answered) < 50:
-        for line in str(await asyncio.wait_for(ws.recv(), 5)).splitlines():
-            answered.append(orjson.loads(line)["id"])
-    assert answered == list(range(2, 52))
+    assert await reply_ids(ws, 50) == list(range(2, 52))
     assert paused == 0
     await ws.close()
 
