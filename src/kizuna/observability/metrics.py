@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kizuna.observability.runtime import register_runtime
 from kizuna.observability.tally import Tally, TallyCollector
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
@@ -67,6 +68,7 @@ class Metrics:
         r = self.registry
         self._tally = Tally()
         r.register(TallyCollector(self._tally))  # before the metrics: read after its flush
+        register_runtime(r)  # GC pauses, process memory/CPU/fds, Python version
         self.connections = Counter(
             "websocket_connections",
             "Connection attempts by outcome (accepted or rejected)",
