@@ -192,7 +192,7 @@ class Server:
             finally:
                 # ``send`` is bound to uvicorn's request cycle, which holds this scope: left
                 # in, the request's objects could be freed only by a full cyclic-GC pass.
-                del scope[RAW_SEND]
+                scope.pop(RAW_SEND, None)
 
     @staticmethod
     def _page(name: str) -> Any:
