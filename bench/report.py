@@ -516,6 +516,36 @@ def _channels(results: Results, reference: str) -> list[str]:
     return [*lines, ""]
 
 
+def _gc(results: Results) -> list[str]:
+    rows = [
+        (peer, scenario, r["gc"])
+        for peer, scenarios in results.items()
+        for scenario, r in scenarios.items()
+        if r.get("gc")
+    ]
+    if not rows:
+        return []
+    lines = [
+        "### kizuna's garbage collection during each scenario (its own /metrics)",
+        "",
+        "`kizuna_gc_pause_seconds` read as the scenario ended, from a server started for it (the "
+        "reported round). A full collection walks every object the process holds; the longest "
+        "is given as the histogram bucket it fell in.",
+        "",
+        "| server | scenario | collections | seconds paused | full collections "
+        "| mean full ms | longest full, at most |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for peer, scenario, gc in rows:
+        longest = gc["fullLongestAtMostSeconds"]
+        at_most = "—" if longest is None else f"{1000 * longest:g} ms"
+        lines.append(
+            f"| {peer} | {scenario} | {_fmt(gc['collections'])} | {gc['pausedSeconds']:.3f} "
+            f"| {_fmt(gc['full'])} | {_fmt(gc['fullMeanMs'])} | {at_most} |"
+        )
+    return [*lines, ""]
+
+
 def _profiles(results: Results) -> list[str]:
     lines: list[str] = []
     for peer, scenarios in results.items():
@@ -573,6 +603,7 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         *_connect(results, reference),
         *_xnode(results, reference),
         *_channels(results, reference),
+        *_gc(results),
         *_profiles(results),
     ]
     return "\n".join(lines).rstrip() + "\n"

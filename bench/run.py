@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import external, procs
+from bench.gcstats import gc_pauses
 from bench.peer import PEERS, REDIS_TWINS, Peer, Settings, running, running_nodes
 from bench.report import nodes_cpu, render
 from bench.scenarios import FULL, QUICK, Plan, Target, run_scenario
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_scenario(
                         scenario, server, step_plan, settings, label, args.profile
                     )
+                    if target is None and name.startswith("kizuna") and scenario != "xnode":
+                        result["gc"] = gc_pauses(server.http_base)
                 result["round"] = round_no
                 result["background_cores"] = round(background, 2)
                 kept = results.setdefault(name, {})

@@ -9,6 +9,7 @@ The one end-to-end test runs the connect scenario (50 connections) against a rea
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,11 +21,12 @@ from typing import Any
 import pytest
 
 from bench import external, run
+from bench.gcstats import gc_pauses
 from bench.peer import JWT_SECRET, PEERS
 from bench.report import render
 from bench.scenarios import QUICK, _spec
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
-from tests.support.processes import KizunaProcess
+from tests.support.processes import KizunaProcess, free_port
 
 DEPLOYMENT_SECRET = "deployment-secret-0123456789abcdef0123456789"
 
@@ -227,3 +229,34 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (FileNotFoundError, IndexError):
         return "gone"
+
+
+def test_gc_pauses_are_read_from_a_running_kizunas_metrics() -> None:
+    with KizunaProcess() as server:
+        pauses = gc_pauses(server.url)
+    assert pauses is not None
+    # The start-up's gc.collect() is a full collection, timed like any other.
+    assert pauses["full"] >= 1 and pauses["fullMeanMs"] > 0
+    assert pauses["collections"] >= pauses["full"]
+    assert 0 < pauses["fullLongestAtMostSeconds"] <= math.inf
+    assert gc_pauses(f"http://127.0.0.1:{free_port()}") is None  # nothing listening
+
+
+def test_the_report_shows_gc_pauses_where_there_are_any() -> None:
+    gc = {
+        "collections": 1200,
+        "pausedSeconds": 0.9,
+        "full": 4,
+        "fullMeanMs": 120.0,
+        "fullLongestAtMostSeconds": 0.25,
+    }
+    meta = {"date": "d", "command": "c", "machine": "m", "plan": "{}"}
+    results: dict[str, dict[str, Any]] = {
+        "kizuna": {"idle": {"ok": False, "error": "x", "gc": gc}},
+        "py-websockets": {"idle": {"ok": False, "error": "x"}},
+    }
+    report = render(meta, {}, results, "kizuna")
+    assert "| kizuna | idle | 1,200 | 0.900 | 4 | 120.0 | 250 ms |" in report
+    assert "| py-websockets | idle |" not in report
+    del results["kizuna"]["idle"]["gc"]
+    assert "garbage collection" not in render(meta, {}, results, "kizuna")
