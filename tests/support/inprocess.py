@@ -19,7 +19,7 @@ from kizuna.config import load_config
 from kizuna.server import Server, build_server
 from tests.support.processes import JWT_SECRET, free_port
 
-__all__ = ["serving"]
+__all__ = ["serving", "until_no_clients"]
 
 
 @contextlib.asynccontextmanager
@@ -38,3 +38,12 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[Server, int]]:
     finally:
         runner.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+async def until_no_clients(server: Server, seconds: float = 4.0) -> None:
+    """Wait until every client has left ``server``; fails the test if some stay."""
+    for _ in range(int(seconds / 0.02)):
+        if not server.node.clients:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"clients still registered: {list(server.node.clients)}")

@@ -28,7 +28,7 @@ import httpx
 from kizuna.core.auth import mint_token
 from kizuna.server import Server
 from kizuna.transports.grpc_gen import chat_pb2, chat_pb2_grpc
-from tests.support.inprocess import serving
+from tests.support.inprocess import serving, until_no_clients
 from tests.support.processes import JWT_SECRET, free_port
 
 SERVER_SIDE = ("kizuna.", "uvicorn.", "starlette.", "websockets.server")
@@ -56,13 +56,9 @@ def cyclic_garbage() -> Iterator[list[str]]:
         gc.enable()
 
 
-async def until_no_clients(server: Server) -> None:
-    for _ in range(200):
-        if not server.node.clients:
-            await asyncio.sleep(0.1)  # the last closing handshakes
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"clients still registered: {list(server.node.clients)}")
+async def all_gone(server: Server) -> None:
+    await until_no_clients(server)
+    await asyncio.sleep(0.1)  # the last closing handshakes
 
 
 @asynccontextmanager
@@ -85,7 +81,7 @@ async def test_sse_streams_and_http_requests() -> None:
             for i in range(3):
                 r = await http.post("/connection/publish", json={"channel": "chat:gc", "data": i})
                 assert r.status_code == 200, r.text
-            await until_no_clients(server)
+            await all_gone(server)
         assert found == []
 
 
@@ -102,7 +98,7 @@ async def test_long_polling() -> None:
                 "/connection/poll", params={"channels": "chat:lp", "cursor": cursor, "timeout": 1}
             )
             assert [p["data"] for p in second.json()["publications"]] == [1]
-            await until_no_clients(server)
+            await all_gone(server)
         assert found == []
 
 
@@ -120,5 +116,5 @@ async def test_grpc_streams_and_calls() -> None:
                     chat_pb2.ChatMessage(channel="chat:grpc-gc", content="hi"), metadata=metadata
                 )
                 stream.cancel()
-            await until_no_clients(server)
+            await all_gone(server)
         assert found == []

@@ -23,7 +23,7 @@ from kizuna.transports.websocket_protocol import (
     DetachableWebSocketProtocol,
     WritableFlag,
 )
-from tests.support.inprocess import serving
+from tests.support.inprocess import serving, until_no_clients
 from tests.support.processes import JWT_SECRET
 
 CONNECTIONS = 20
@@ -213,11 +213,7 @@ async def test_closed_connections_are_let_go_at_once(served: tuple[Server, str])
     await never.close()
     for ws in sockets:
         await ws.close()
-    for _ in range(100):
-        if not server.node.clients:
-            break
-        await asyncio.sleep(0.02)
-    assert not server.node.clients
+    await until_no_clients(server)
     gc.collect()
     alive = [o for o in gc.get_objects() if isinstance(o, Client) and o.node is server.node]
     assert alive == []
@@ -344,11 +340,7 @@ async def test_closed_connections_leave_no_cyclic_garbage(served: tuple[Server, 
         await server.node.disconnect_user("kicked")
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(kicked.recv(), 5)
-        for _ in range(100):
-            if not server.node.clients:
-                break
-            await asyncio.sleep(0.02)
-        assert not server.node.clients
+        await until_no_clients(server)
         await asyncio.sleep(0.1)  # the server's side of the closing handshakes
         gc.collect()
         server_side = (Client, DetachableWebSocketProtocol, websockets.ServerProtocol)

@@ -167,8 +167,8 @@ class WritableFlag:
 class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with :meth:`detach`."""
 
-    detached = False
     inbox: Inbox | None = None
+    """Set by :meth:`detach`: where this connection's frames go from then on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -183,7 +183,6 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         queued = self.queue
         inbox = Inbox(self, handler)
         self.queue = self.inbox = inbox  # type: ignore[assignment]
-        self.detached = True
         while not queued.empty():  # nothing in practice: accept and detach share a turn
             inbox.put_nowait(dict(queued.get_nowait()))
         # The handshake is over; its request, response and scope only held memory.
@@ -226,6 +225,10 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
+
+    @property
+    def detached(self) -> bool:
+        return self.inbox is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
