@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from kizuna.broker import create_broker
 from kizuna.config import Config
@@ -107,6 +108,10 @@ class Server:
         self.handshake = HandshakeSettings(allowed_origins=tuple(config.allowed_origins))
         self.websocket = WebSocketEndpoint(self.node, self.handshake)
         self.socketio = socketio_app(self.node, self.handshake)
+        # An open SSE stream keeps its whole chain of ASGI calls alive; routed here, past
+        # Starlette's router and exception layers, that chain is the CORS layer alone.
+        sse = cast(ASGIApp, SSEEndpoint(self.node, self.handshake))
+        self.sse = CORSMiddleware(sse, **self._cors())
         self.http = self._build_http()
 
     def _scrape_gauges(self) -> dict[str, float]:
@@ -121,7 +126,7 @@ class Server:
         routes: list[Any] = [
             Route("/healthz", self._healthz),
             Route("/readyz", self._readyz),
-            Route(SSE_PATH, SSEEndpoint(node, handshake), methods=["GET"]),
+            Route(SSE_PATH, self.sse, methods=["GET"]),  # HEAD; GET comes straight to self.sse
             longpoll_route(node, handshake),
             publish_route(node, handshake, self.config.max_message_size),
         ]
@@ -134,16 +139,18 @@ class Server:
         routes.append(Route("/", self._page("index.html")))
         routes.append(Route("/dashboard", self._page("dashboard.html")))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
-        # Browsers may read the HTTP transports (SSE, poll, publish) from pages served
-        # by another allowed origin — another node of the same deployment, say.
-        cors = Middleware(
-            CORSMiddleware,
-            allow_origins=list(self.config.allowed_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            max_age=600,
-        )
+        cors = Middleware(CORSMiddleware, **self._cors())
         return Starlette(routes=routes, middleware=[cors], lifespan=self._lifespan)
+
+    def _cors(self) -> dict[str, Any]:
+        """Browsers may read the HTTP transports (SSE, poll, publish) from pages served
+        by another allowed origin — another node of the same deployment, say."""
+        return {
+            "allow_origins": list(self.config.allowed_origins),
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
+            "max_age": 600,
+        }
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -188,7 +195,10 @@ class Server:
                 return
             scope[RAW_SEND] = send  # the stream's body chunks may skip the middleware
             try:
-                await self.http(scope, receive, send)
+                if scope.get("method") == "GET":
+                    await self.sse(scope, receive, send)
+                else:  # a CORS preflight, HEAD, or a method to refuse with 405
+                    await self.http(scope, receive, send)
             finally:
                 # ``send`` is bound to uvicorn's request cycle, which holds this scope: left
                 # in, the request's objects could be freed only by a full cyclic-GC pass.

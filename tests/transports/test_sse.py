@@ -216,6 +216,12 @@ def test_cors_lets_an_allowed_origin_use_the_http_transports(tmp_path: Path) -> 
         )
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == allowed
+        sse = f"{server.url}/connection/sse?channels=chat:cors&token={token()}"
+        with httpx.stream("GET", sse, headers={"Origin": allowed}) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["access-control-allow-origin"] == allowed
+            assert next(stream.iter_lines()) == "event: connected"
+        assert httpx.post(sse, headers={"Origin": allowed}).status_code == 405
         foreign = httpx.options(
             server.url + "/connection/poll", headers={**preflight, "Origin": "http://evil.example"}
         )
