@@ -224,6 +224,11 @@ def _py_websockets_command(port: int, _: dict[str, int]) -> tuple[list[str], dic
     return [sys.executable, str(script), "--port", str(port)], {}
 
 
+def _py_uvicorn_command(port: int, _: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    script = BENCH_DIR / "peers" / "py_uvicorn_server.py"
+    return [sys.executable, str(script), "--port", str(port)], {}
+
+
 def _kizuna_redis_command(port: int, helpers: dict[str, int]) -> tuple[list[str], dict[str, str]]:
     argv, env = _kizuna_command(port, helpers)
     return [*argv, "--broker", f"redis://127.0.0.1:{helpers['redis']}/0"], env
@@ -372,6 +377,16 @@ PEERS: dict[str, Peer] = {
             command=_py_websockets_command,
             description="websockets 17 (asyncio API, uvloop), websockets.broadcast(), "
             "the guide's JSON protocol",
+            fanout_channel="chat:fanout",
+            idle_prefix="room-",
+            python=True,
+        ),
+        Peer(
+            name="py-uvicorn",
+            protocol="guide",
+            command=_py_uvicorn_command,
+            description="py-websockets' server as an ASGI app on uvicorn (httptools, uvloop, "
+            "websockets-sansio), as kizuna is served: what uvicorn and ASGI cost by themselves",
             fanout_channel="chat:fanout",
             idle_prefix="room-",
             python=True,
