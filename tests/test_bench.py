@@ -8,6 +8,7 @@ The one end-to-end test runs the connect scenario (50 connections) against a rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from bench import external, run
 from bench.gcstats import gc_pauses
@@ -26,7 +28,7 @@ from bench.peer import JWT_SECRET, PEERS
 from bench.report import render
 from bench.scenarios import QUICK, _spec
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
-from tests.support.processes import KizunaProcess, free_port
+from tests.support.processes import KizunaProcess, end_child, free_port, wait_for_port
 
 DEPLOYMENT_SECRET = "deployment-secret-0123456789abcdef0123456789"
 
@@ -260,3 +262,25 @@ def test_the_report_shows_gc_pauses_where_there_are_any() -> None:
     assert "| py-websockets | idle |" not in report
     del results["kizuna"]["idle"]["gc"]
     assert "garbage collection" not in render(meta, {}, results, "kizuna")
+
+
+@pytest.mark.parametrize("script", ["py_websockets_server.py", "py_uvicorn_server.py"])
+async def test_the_python_peers_speak_the_guides_protocol(script: str) -> None:
+    """What the fan-out and channels scenarios need from a peer: subscribe, then a message."""
+    port = free_port()
+    peer = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(run.__file__).parent / "peers" / script), "--port", str(port)
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        url = f"ws://127.0.0.1:{port}"
+        async with websockets.connect(url) as reader, websockets.connect(url) as writer:
+            await reader.send(json.dumps({"type": "subscribe", "channel": "chat:peer"}))
+            await asyncio.sleep(0.2)  # the guide's protocol does not acknowledge a subscribe
+            message = {"type": "message", "channel": "chat:peer", "user": "u", "content": "hi"}
+            await writer.send(json.dumps(message))
+            got = json.loads(await asyncio.wait_for(reader.recv(), 5))
+        assert (got["user"], got["content"]) == ("u", "hi")
+        assert abs(got["timestamp"] - time.time() * 1000) < 10_000
+    finally:
+        await end_child(peer)
