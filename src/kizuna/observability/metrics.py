@@ -1,6 +1,7 @@
 """Prometheus metrics, attached to the core's hook events.
 
-Every metric kizuna exports is defined here and nowhere else. Labels stay
+Every metric kizuna exports is defined here and nowhere else, but for the
+process's own (GC pauses, memory, CPU, descriptors: runtime.py). Labels stay
 low-cardinality — transport, namespace, method, code, operation — never a
 channel or a user. Child metrics for the hot path (commands, frame writes,
 fan-out, broker calls) are bound once and cached, and their updates are tallied
