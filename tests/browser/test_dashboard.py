@@ -64,6 +64,10 @@ async def test_dashboard_shows_live_figures_under_load(browser: Browser, artifac
             )
             await browser.wait("dash", "document.getElementById('p99').textContent.endsWith('ms')")
             await browser.wait("dash", "document.getElementById('broker').textContent === 'up'")
+            # The process panel: resident memory in MB, descriptors "open of limit".
+            assert _number(await browser.text("dash", "#rss")) > 10
+            assert " of " in await browser.text("dash", "#fds")
+            assert _number(await browser.text("dash", "#gc-full")) >= 1  # the start-up's
             transports = await browser.text("dash", "#transports tbody")
             assert "websocket" in transports
             assert _number(await browser.text("dash", "#pubs")) > 10

@@ -9,6 +9,7 @@ import pytest
 from kizuna.observability import runtime
 from kizuna.observability.metrics import Metrics
 from kizuna.observability.runtime import GcPauseCollector, GcPauses
+from kizuna.observability.stats import snapshot
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -63,3 +64,17 @@ def test_process_metrics_are_exported() -> None:
     assert sample(metrics, "process_max_fds") >= sample(metrics, "process_open_fds")
     assert sample(metrics, "process_resident_memory_bytes") > 0
     assert sample(metrics, "python_gc_collections_total", generation="0") >= 0
+
+
+def test_the_dashboard_snapshot_carries_the_process_figures() -> None:
+    metrics = Metrics()
+    gc.collect()
+    snap = snapshot(metrics.registry)
+    assert snap["gauges"]["rss_bytes"] == sample(metrics, "process_resident_memory_bytes")
+    assert 0 < snap["gauges"]["open_fds"] <= snap["gauges"]["max_fds"]
+    full = sample(metrics, "kizuna_gc_pause_seconds_count", generation="2")
+    assert snap["totals"]["gc_full_collections"] == full >= 1
+    paused = sum(
+        sample(metrics, "kizuna_gc_pause_seconds_sum", generation=g) for g in ("0", "1", "2")
+    )
+    assert snap["totals"]["gc_paused_seconds"] == pytest.approx(paused)

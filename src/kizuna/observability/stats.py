@@ -34,7 +34,11 @@ _GAUGES = {
     "kizuna_client_queue_bytes": "queue_bytes",
     "kizuna_channels_active": "channels",
     "kizuna_broker_up": "broker_up",
+    "process_resident_memory_bytes": "rss_bytes",
+    "process_open_fds": "open_fds",
+    "process_max_fds": "max_fds",
 }
+FULL_COLLECTION = "2"
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -76,6 +80,13 @@ def snapshot(registry: CollectorRegistry) -> dict[str, Any]:
                 latency[float(sample.labels["le"])] += sample.value
             elif sample.name in _GAUGES:
                 gauges[_GAUGES[sample.name]] = sample.value
+            elif sample.name == "kizuna_gc_pause_seconds_sum":
+                totals["gc_paused_seconds"] += sample.value
+            elif (
+                sample.name == "kizuna_gc_pause_seconds_count"
+                and sample.labels["generation"] == FULL_COLLECTION
+            ):
+                totals["gc_full_collections"] += sample.value
     buckets = sorted(latency.items())
     return {
         "time": time.time(),
