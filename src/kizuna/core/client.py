@@ -89,7 +89,7 @@ class Client:
     """A connection's state, its subscriptions and its outbound queue."""
 
     __slots__ = (
-        "_expiry_timer",
+        "_deadline",
         "_queue",
         "_queued_bytes",
         "_refilled_at",
@@ -139,7 +139,8 @@ class Client:
         self._write_nowait = getattr(transport, "write_nowait", None)
         self._written = node.written(transport.name)
         """The node's tally of frames written by its flush on this transport (Node.written)."""
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._deadline: int | None = None
+        """The slot of this connection's deadline in ``node.deadlines`` (connect, then expiry)."""
         self._tokens = float(node.options.command_burst)
         self._refilled_at = time.monotonic()
         self._refused = 0
@@ -518,28 +519,32 @@ class Client:
     def start_connect_deadline(self, timeout: float) -> None:
         """Close with 3007 unless the connect command has been handled within ``timeout``.
 
-        The timer takes the place the token-expiry timer takes later: connecting
-        replaces it and closing cancels it, so a connection that connected, or went
-        away, holds no timer (and is not kept alive by one).
+        The deadline takes the place the token-expiry deadline takes later:
+        connecting replaces it and closing drops it, so a connection that went
+        away is not held by one (core/deadlines.py: one timer for all of them).
         """
-        self._expiry_timer = self.node.loop.call_later(timeout, self._connect_deadline)
+        self._deadline = self.node.deadlines.add(self, timeout)
 
-    def _connect_deadline(self) -> None:
-        self._expiry_timer = None
+    def deadline_passed(self) -> None:
+        """``node.deadlines``: the connect command, or the token and its grace, ran out."""
+        self._deadline = None
         if self.state is ClientState.CONNECTING:
             self.close_soon(DisconnectCode.CONNECT_TIMEOUT)
+        elif self.state is ClientState.CONNECTED:
+            self.close_soon(DisconnectCode.TOKEN_EXPIRED)
+
+    def _drop_deadline(self) -> None:
+        if self._deadline is not None:
+            self.node.deadlines.discard(self, self._deadline)
+            self._deadline = None
 
     def _schedule_expiry(self) -> None:
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        self._drop_deadline()
         expires_at = self.credentials.expires_at if self.credentials else None
         if expires_at is not None:
             # Clients refresh before expiry; the grace covers one that is late or reconnecting.
             delay = max(0.0, expires_at - time.time()) + self.node.options.token_expiry_grace
-            self._expiry_timer = self.node.loop.call_later(
-                delay, self.close_soon, DisconnectCode.TOKEN_EXPIRED
-            )
+            self._deadline = self.node.deadlines.add(self, delay)
 
     async def _refresh(self, cmd: Refresh) -> dict[str, Any]:
         if self.credentials is None:
@@ -643,9 +648,7 @@ class Client:
         self.state = ClientState.CLOSED
         self._queue.clear()
         self._queued_bytes = 0
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        self._drop_deadline()
 
     async def _end(self, code: int, reason: str | None, was_connected: bool, sent: bool) -> None:
         self._report(code, was_connected, sent)

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from kizuna import __version__
 from kizuna.core.channels import ChannelRules, namespace_of
 from kizuna.core.client import Client, ClientState
+from kizuna.core.deadlines import Deadlines
 from kizuna.core.events import NodeEvents, NoEvents, NoTracer, Tracer
 from kizuna.core.hub import Hub
 from kizuna.core.options import NamespaceOptions, NodeOptions
@@ -131,6 +132,8 @@ class Node:
         self.revocations = RevocationList()
         self.loop: asyncio.AbstractEventLoop
         """The event loop the node runs in; set by :meth:`start`."""
+        self.deadlines: Deadlines
+        """The clients' connect and token-expiry deadlines, on one timer; set by :meth:`start`."""
         self._dirty: list[Client] = []
         self._written: dict[str, list[int]] = {}
         self._flush_pending = False
@@ -141,6 +144,7 @@ class Node:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self.loop)
         await self.broker.start(self)
         try:
             await self.broker.subscribe(CONTROL_CHANNEL)
@@ -191,6 +195,7 @@ class Node:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._closed = True
+        self.deadlines.close()
         await self.broker.close()
 
     def schedule_flush(self, client: Client) -> None:
