@@ -350,3 +350,31 @@ async def test_closed_connections_leave_no_cyclic_garbage(served: tuple[Server, 
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+async def test_keepalive_pings_run_on_the_nodes_timer() -> None:
+    """Detached connections are pinged from the node's one timer: no timer of their own."""
+
+    def connection_timers() -> list[asyncio.TimerHandle]:
+        """Live timers whose callback is a server connection's (the clients here have theirs)."""
+        return [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, asyncio.TimerHandle)
+            and not o.cancelled()
+            and isinstance(getattr(o._callback, "__self__", None), DetachableWebSocketProtocol)
+        ]
+
+    async with serving(ping_interval=0.3, ping_timeout=0.3) as (server, port):
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        sockets = [await connected(url, f"pinged{i}") for i in range(10)]
+        assert connection_timers() == []
+        protocols = [c.transport.protocol for c in server.node.clients.values()]
+        assert all(isinstance(p, DetachableWebSocketProtocol) for p in protocols)
+        await asyncio.sleep(1.2)  # several ping/pong rounds; the clients answer by themselves
+        assert all(p.last_ping_rtt > 0 for p in protocols)  # type: ignore[union-attr]
+        assert [(await command(ws, 2, "ping"))["id"] for ws in sockets] == [2] * 10
+        for ws in sockets:
+            await ws.close()
+        await until_no_clients(server)
+        assert len(server.node.deadlines) == 0  # nothing left on the timer for them

@@ -152,7 +152,7 @@ class WebSocketEndpoint:
         if isinstance(protocol, DetachableWebSocketProtocol):
             # From here frames go straight to the client and this task ends: an open
             # connection costs no task, queue or handshake headers (websocket_protocol.py).
-            protocol.detach(client)
+            protocol.detach(client, self.node.deadlines)
             return
         await self._serve(client, receive)
 

@@ -28,6 +28,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
 
+from kizuna.core.deadlines import Deadlines
+
 __all__ = ["INBOX_FRAMES", "DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
 
 INBOX_FRAMES = 64
@@ -164,21 +166,42 @@ class WritableFlag:
         return True
 
 
+class _PongDeadline:
+    """Stands where uvicorn keeps its pong TimerHandle: the deadline is on the node's timer.
+
+    uvicorn's ``handle_pong`` cancels the pong timer and schedules the next ping only
+    if there is one, so something with ``cancel()`` must be there while a ping is out.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: DetachableWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def cancel(self) -> None:
+        self._protocol._drop_beat()
+
+
 class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with :meth:`detach`."""
 
     inbox: Inbox | None = None
     """Set by :meth:`detach`: where this connection's frames go from then on."""
+    _deadlines: Deadlines | None = None
+    """Set by :meth:`detach`: the node's timer, which then keeps this connection's keepalive."""
+    _beat: int | None = None
+    """The slot of the keepalive's next step (a ping, or a pong's deadline) in ``_deadlines``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writable = WritableFlag()  # type: ignore[assignment]
 
-    def detach(self, handler: FrameHandler) -> None:
+    def detach(self, handler: FrameHandler, deadlines: Deadlines | None = None) -> None:
         """From now on, hand frames and the end of the connection to ``handler``.
 
         Call it right after ``websocket.accept`` and then return from the ASGI app:
-        the task ends, the connection stays open.
+        the task ends, the connection stays open. With ``deadlines`` (the node's),
+        the keepalive pings move from a timer of their own to the node's timer.
         """
         queued = self.queue
         inbox = Inbox(self, handler)
@@ -189,6 +212,51 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = self.response = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
         self._restart_frame_parser()
+        if deadlines is not None and self.ping_timer is not None and self.pong_timer is None:
+            # A timer per connection holds ~650 bytes and four GC-tracked objects for the
+            # connection's life (core/deadlines.py); the node's timer holds a set entry.
+            self.ping_timer.cancel()
+            self.ping_timer = None
+            self._deadlines = deadlines
+            self.schedule_ping()
+
+    # --- keepalive on the node's timer ---------------------------------------------------
+    # uvicorn's ping/pong logic is kept as it is (payload check, RTT, the 1011 close);
+    # only where its two timers live changes, once detached.
+
+    def schedule_ping(self) -> None:
+        if self._deadlines is None:
+            super().schedule_ping()
+            return
+        assert self.ping_interval is not None
+        self._drop_beat()
+        self._beat = self._deadlines.add(self, max(0.0, self.ping_interval - self.last_ping_rtt))
+
+    def send_keepalive_ping(self) -> None:
+        super().send_keepalive_ping()
+        if self._deadlines is not None and isinstance(self.pong_timer, asyncio.TimerHandle):
+            self.pong_timer.cancel()
+            assert self.ping_timeout is not None
+            self._drop_beat()
+            self._beat = self._deadlines.add(self, self.ping_timeout)
+            self.pong_timer = _PongDeadline(self)  # type: ignore[assignment]
+
+    def deadline_passed(self) -> None:
+        """The node's timer: time for the next ping, or the pong is overdue."""
+        self._beat = None
+        if self.pending_ping_payload is None:
+            self.send_keepalive_ping()
+        else:
+            self.keepalive_timeout()
+
+    def stop_keepalive(self) -> None:
+        super().stop_keepalive()
+        self._drop_beat()
+
+    def _drop_beat(self) -> None:
+        if self._beat is not None and self._deadlines is not None:
+            self._deadlines.discard(self, self._beat)
+        self._beat = None
 
     def _restart_frame_parser(self) -> None:
         """Let go of the handshake request that websockets' parser keeps (≈ 2 KB).
