@@ -1,7 +1,8 @@
 """Every connection's deadline on one event-loop timer.
 
 Each connection has a deadline for its whole life: first to send its connect
-command (3007), then for its token to expire (3006). A ``call_later`` per
+command (3007), then for its token to expire (3006); a detached native WebSocket
+also has its next keepalive ping, or its pong's deadline (1011). A ``call_later`` per
 connection holds four GC-tracked objects and ~650 bytes for as long as it is
 pending (the TimerHandle, its copy of the context, uvloop's UVTimer, the bound
 method; measured on uvloop) — about a tenth of an idle connection's Python
@@ -26,7 +27,7 @@ RESOLUTION = 0.25
 
 
 class Expiring(Protocol):
-    """What a deadline is set for (a kizuna Client)."""
+    """What a deadline is set for (a Client; a detached WebSocket's keepalive)."""
 
     def deadline_passed(self) -> None: ...
 
