@@ -73,3 +73,25 @@ async def test_connected_clients_hold_no_timer_of_their_own() -> None:
         await client.close(1000)
     assert len(node.deadlines) == 0
     await node.shutdown()
+
+
+async def test_a_failing_deadline_is_reported_and_the_others_still_fire() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        deadlines = Deadlines(loop)
+        fired: list[tuple[str, float]] = []
+
+        class Broken(Member):
+            def deadline_passed(self) -> None:
+                raise RuntimeError("a bug")
+
+        deadlines.add(Broken("broken", fired), 0.05)
+        for i in range(20):  # in one slot with it, in whatever order the set holds them
+            deadlines.add(Member(f"fine-{i}", fired), 0.05)
+        await asyncio.sleep(0.05 + 2 * RESOLUTION)
+        assert sorted(n for n, _ in fired) == sorted(f"fine-{i}" for i in range(20))
+        assert [type(c["exception"]).__name__ for c in reported] == ["RuntimeError"]
+    finally:
+        loop.set_exception_handler(None)

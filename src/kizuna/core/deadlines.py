@@ -89,4 +89,11 @@ class Deadlines:
         if heap:
             self._arm(heap[0])
         for member in due:
-            member.deadline_passed()
+            try:
+                member.deadline_passed()
+            except Exception as exc:
+                # As the loop treats a failing callback of its own: reported, and the
+                # other deadlines of the slot still run.
+                self._loop.call_exception_handler(
+                    {"message": "a deadline callback failed", "exception": exc, "member": member}
+                )
