@@ -234,8 +234,13 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def send_keepalive_ping(self) -> None:
         super().send_keepalive_ping()
-        if self._deadlines is not None and isinstance(self.pong_timer, asyncio.TimerHandle):
-            self.pong_timer.cancel()
+        pong_timer = self.pong_timer  # uvloop's TimerHandle is no asyncio.TimerHandle
+        if (
+            self._deadlines is not None
+            and pong_timer is not None
+            and not isinstance(pong_timer, _PongDeadline)
+        ):
+            pong_timer.cancel()
             assert self.ping_timeout is not None
             self._drop_beat()
             self._beat = self._deadlines.add(self, self.ping_timeout)
