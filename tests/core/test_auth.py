@@ -5,13 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jwt.api_jws import PyJWS
 
-from kizuna.core.auth import JWTAuthenticator, JWTSettings, mint_token
+from kizuna.core.auth import JWTAuthenticator, JWTSettings, _RegexSegmentJWS, mint_token
 from kizuna.exceptions import AuthError, ConfigError
 from kizuna.protocol.codes import ErrorCode
 
@@ -174,3 +178,44 @@ async def test_the_hmac_secret_is_prepared_once_not_per_token(
     assert users == ["alice", "bob", "carol", "dave"]
     assert await refused(auth, forged) == 101
     assert len(prepared) == 2
+
+
+_SEGMENT_BYTES = st.sampled_from(
+    list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/!. \x00\xff")
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_SEGMENT_BYTES, max_size=24).map(bytes))
+def test_segment_check_rejects_and_decodes_exactly_as_pyjwt_does(segment: bytes) -> None:
+    """kizuna's regex check of a token segment (auth._RegexSegmentJWS) is PyJWT's rule.
+
+    Drawn mostly from the base64url alphabet plus padding and the characters the
+    advisory's attacks use, so that both valid and near-valid segments come up.
+    """
+
+    def outcome(check: Callable[[bytes, str], bytes]) -> bytes | str:
+        try:
+            return check(segment, "Header")
+        except jwt.DecodeError as exc:
+            return f"DecodeError: {exc}"
+
+    assert outcome(_RegexSegmentJWS._decode_base64url_segment) == outcome(
+        PyJWS._decode_base64url_segment
+    )
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t.replace(".", "!.", 1),  # junk in the header segment
+        lambda t: t + "!",  # in the signature
+        lambda t: t.replace(".", "===.", 1),  # too much padding
+        lambda t: t[: t.index(".")] + "A." + t[t.index(".") + 1 :],  # a length of 4n+1
+    ],
+)
+async def test_tokens_with_bad_segments_are_refused(mangle: Callable[[str], str]) -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    token = hs({"sub": "alice", "exp": soon()})
+    assert (await auth.authenticate(token)).user == "alice"
+    assert await refused(auth, mangle(token)) == ErrorCode.UNAUTHORIZED
