@@ -21,16 +21,29 @@ path it changes.
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
 
 from kizuna.core.deadlines import Deadlines
 
-__all__ = ["INBOX_FRAMES", "DetachableWebSocketProtocol", "FrameHandler", "Inbox", "WritableFlag"]
+__all__ = [
+    "INBOX_FRAMES",
+    "DetachableWebSocketProtocol",
+    "FrameHandler",
+    "Inbox",
+    "RefusedHandshake",
+    "WritableFlag",
+    "handshake_request",
+]
 
 INBOX_FRAMES = 64
 """Frames a detached connection reads ahead of its handler before reading pauses.
@@ -41,6 +54,54 @@ publisher sends bursts, so reading ahead by a bounded number of frames saves the
 the bound (plus the frames of the one read that crosses it) caps the memory a
 flooding client can take, as the ``websockets`` library's own ``max_queue`` does.
 """
+
+
+# websockets.http11's rules for a header line (RFC 9110: a token, then a field value
+# without control characters).
+_HEADER_NAME = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
+_HEADER_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+_REQUEST_LINE_EXTRA = len("GET  HTTP/1.1\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedHandshake:
+    """An upgrade request the ``websockets`` library would not parse: the HTTP answer."""
+
+    status: int
+    reason: str
+
+
+def handshake_request(
+    method: str, target: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> Request | RefusedHandshake:
+    """An upgrade request httptools has parsed, as the ``websockets`` library's Request.
+
+    uvicorn writes the request it has parsed back into bytes and hands them to the
+    WebSocket protocol, where ``websockets`` parses them again: about 6 % of a
+    connect's CPU. This builds the Request directly, under the rules of
+    ``websockets.http11.Request.parse`` (an ASCII target, its line-length and
+    header-count limits, valid names and values, no body). A request those rules
+    refuse gets its HTTP status here: through uvicorn's way, ``websockets`` refused
+    it without an answer, and the socket stayed open until the peer left — and
+    then failed the server's shutdown (tests/transports/test_upgrade.py).
+    """
+    if not target.isascii():
+        return RefusedHandshake(400, "the request target is not ASCII")
+    if len(target) + len(method) + _REQUEST_LINE_EXTRA > MAX_LINE_LENGTH:
+        return RefusedHandshake(414, "the request line is too long")
+    if len(headers) > MAX_NUM_HEADERS:
+        return RefusedHandshake(431, f"more than {MAX_NUM_HEADERS} headers")
+    parsed = Headers()
+    for name, value in headers:
+        if len(name) + len(value) + 4 > MAX_LINE_LENGTH:
+            return RefusedHandshake(431, "a header line is too long")
+        if _HEADER_NAME.fullmatch(name) is None or _HEADER_VALUE.fullmatch(value) is None:
+            return RefusedHandshake(400, "invalid header")
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return RefusedHandshake(400, "a WebSocket handshake has no body")
+        parsed.set_insecure(name.decode("ascii"), value.strip(b" \t").decode("iso-8859-1"))
+    # The method is websockets' to refuse (405), as it was through uvicorn's way.
+    return Request(target.decode("ascii"), parsed, method=method)
 
 
 class FrameHandler(Protocol):
@@ -196,6 +257,18 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.writable = WritableFlag()  # type: ignore[assignment]
 
+    def handle_parsed_request(self, request: Request) -> None:
+        """Take the handshake from uvicorn's HTTP protocol as parsed (:func:`handshake_request`).
+
+        What ``data_received`` does with the request's bytes, minus the parsing:
+        ``websockets``' parser moves past the request to frames, and uvicorn's
+        ``handle_connect`` answers it (the ASGI app then accepts or denies).
+        """
+        conn = self.conn
+        conn.parser = FrameProtocol.parse(conn)
+        next(conn.parser)
+        self.handle_connect(request)
+
     def detach(self, handler: FrameHandler, deadlines: Deadlines | None = None) -> None:
         """From now on, hand frames and the end of the connection to ``handler``.
 
@@ -320,7 +393,9 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
             self.logger.exception("Exception in ASGI application\n")
             self.send_500_response()
         else:
-            if not self.handshake_complete:
+            # A denial response (403, 401) answers the handshake too; uvicorn 0.54 logs an
+            # error for each one as if the app had returned without answering.
+            if not self.handshake_complete and self.initial_response is None:
                 self.logger.error("ASGI callable returned without completing handshake.")
                 self.send_500_response()
             elif result is not None:
