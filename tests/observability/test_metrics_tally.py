@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -66,3 +67,43 @@ def test_tallied_histograms_match_the_librarys_own_observe() -> None:
             ), le
         assert ours_registry.get_sample_value("h_sum") == theirs_registry.get_sample_value("h_sum")
         assert ours_registry.get_sample_value("h_count") == len(values)
+
+
+def test_connections_opened_and_closed_reach_the_registry_with_one_lookup_per_label_set() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    looked_up: list[tuple[str, ...]] = []
+    for metric in (metrics.connections, metrics.active, metrics.disconnections, metrics.errors):
+        original = metric.labels
+
+        def counting(*labels: str, _original: Any = original) -> Any:
+            looked_up.append(labels)
+            return _original(*labels)
+
+        metric.labels = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        metrics.connection_opened("websocket", "chat")
+    for _ in range(3):
+        metrics.connection_closed("websocket", "chat", 3000)
+    metrics.connection_rejected("websocket", 103)
+    metrics.connection_rejected("websocket", 103)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"transport": "websocket", **labels})
+
+    assert value("websocket_connections_total", status="accepted") == 5
+    assert value("websocket_connections_total", status="rejected") == 2
+    assert value("websocket_active_connections", namespace="chat") == 2
+    assert value("websocket_disconnections_total", code="3000") == 3
+    assert value("websocket_errors_total", code="103") == 2
+    metrics.connection_closed("websocket", "chat", 3000)  # tallied afresh after a read
+    assert value("websocket_active_connections", namespace="chat") == 1
+    assert sorted(looked_up) == sorted(
+        [
+            ("websocket", "accepted"),
+            ("websocket", "chat"),
+            ("websocket", "3000"),
+            ("websocket", "rejected"),
+            ("websocket", "103"),
+        ]
+    )

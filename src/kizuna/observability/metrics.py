@@ -181,6 +181,7 @@ class Metrics:
         self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
         self._commands: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._operations: dict[str, Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def prepare(self, transports: list[str], namespaces: list[str]) -> None:
         """Export every known label set at 0 from the start.
@@ -213,17 +214,28 @@ class Metrics:
 
     # --- NodeEvents ----------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set.
+
+        ``labels()`` validates, locks and hashes on every call; a connection's
+        open and close would take four of them (tests/observability/test_metrics.py).
+        """
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
+
     def connection_opened(self, transport: str, namespace: str) -> None:
-        self.connections.labels(transport, "accepted").inc()
-        self.active.labels(transport, namespace).inc()
+        self._tally.inc(self._child(self.connections, transport, "accepted"))
+        self._tally.inc(self._child(self.active, transport, namespace))
 
     def connection_rejected(self, transport: str, code: int) -> None:
-        self.connections.labels(transport, "rejected").inc()
-        self.errors.labels(transport, str(code)).inc()
+        self._tally.inc(self._child(self.connections, transport, "rejected"))
+        self._tally.inc(self._child(self.errors, transport, str(code)))
 
     def connection_closed(self, transport: str, namespace: str, code: int) -> None:
-        self.active.labels(transport, namespace).dec()
-        self.disconnections.labels(transport, str(code)).inc()
+        self._tally.inc(self._child(self.active, transport, namespace), -1)
+        self._tally.inc(self._child(self.disconnections, transport, str(code)))
 
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
         # Every command comes here: the labelled children are looked up once per
