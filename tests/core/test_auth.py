@@ -219,3 +219,16 @@ async def test_tokens_with_bad_segments_are_refused(mangle: Callable[[str], str]
     token = hs({"sub": "alice", "exp": soon()})
     assert (await auth.authenticate(token)).user == "alice"
     assert await refused(auth, mangle(token)) == ErrorCode.UNAUTHORIZED
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[1, 2]", b'"alice"', b"{not json", b'{"sub": "alice", "exp": NaN}'],
+)
+async def test_a_signed_payload_that_is_not_a_json_object_is_refused(payload: bytes) -> None:
+    auth = JWTAuthenticator(JWTSettings(secret=SECRET))
+    token = PyJWS().encode(payload, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError) as info:
+        await auth.authenticate(token)
+    assert info.value.code == ErrorCode.UNAUTHORIZED
+    assert "Invalid payload string" in info.value.message

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Generator
+from typing import Any
 
 import httptools
 import pytest
@@ -156,13 +157,18 @@ async def test_a_handshake_takes_the_parsed_request_not_a_second_parse(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     taken: list[str] = []
-    original = DetachableWebSocketProtocol.handle_parsed_request
+    original = DetachableWebSocketProtocol.take_over
 
-    def counting(self: DetachableWebSocketProtocol, request: Request) -> None:
+    def counting(
+        self: DetachableWebSocketProtocol, transport: Any, request: Request, *a: Any
+    ) -> None:
         taken.append(request.path)
-        original(self, request)
+        original(self, transport, request, *a)
+        assert self.client == transport.get_extra_info("peername")
+        assert self.server == transport.get_extra_info("sockname")
+        assert self.scheme == "ws"
 
-    monkeypatch.setattr(DetachableWebSocketProtocol, "handle_parsed_request", counting)
+    monkeypatch.setattr(DetachableWebSocketProtocol, "take_over", counting)
     async with serving() as (_, port):
         url = f"ws://127.0.0.1:{port}/connection/websocket?x=1"
         async with websockets.connect(url) as ws:

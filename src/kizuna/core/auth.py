@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from jwt import PyJWKClient
 from jwt.algorithms import HMACAlgorithm
 from jwt.api_jws import PyJWS
 from jwt.exceptions import DecodeError
-from jwt.utils import base64url_decode, base64url_encode
 
 from kizuna.core.ports import Credentials
 from kizuna.exceptions import AuthError, ConfigError
@@ -98,6 +98,8 @@ def _hmac_key(secret: str) -> jwt.PyJWK:
 
 
 _BASE64URL_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class _RegexSegmentJWS(PyJWS):
@@ -106,8 +108,9 @@ class _RegexSegmentJWS(PyJWS):
     PyJWT 2.15 rejects a segment with a character outside the base64url alphabet
     (GHSA-hxm8-2xgr-2p9m) by testing each character in a Python generator: 22 of
     the 43 µs a kizuna token took to verify here, on every connect. Same rule,
-    same errors, checked in C (tests/core/test_auth.py compares the two on random
-    segments).
+    same errors, checked in C; and once the alphabet is known good, the decoding
+    and the round trip that rejects non-canonical encodings go straight to
+    binascii (tests/core/test_auth.py compares the two on random segments).
     """
 
     @staticmethod
@@ -118,23 +121,40 @@ class _RegexSegmentJWS(PyJWS):
             raise DecodeError(f"Invalid {name} padding")
         if len(stripped) % 4 == 1 or _BASE64URL_SEGMENT.fullmatch(stripped) is None:
             raise DecodeError(f"Invalid {name} padding")
+        standard = stripped.translate(_FROM_URLSAFE) + b"=" * (-len(stripped) % 4)
         try:
-            decoded = base64url_decode(stripped)
-        except (TypeError, binascii.Error) as err:
+            decoded = binascii.a2b_base64(standard)
+        except binascii.Error as err:
             raise DecodeError(f"Invalid {name} padding") from err
-        if base64url_encode(decoded) != stripped:
+        again = binascii.b2a_base64(decoded, newline=False).translate(_TO_URLSAFE)
+        if again.rstrip(b"=") != stripped:
             raise DecodeError(f"Invalid {name} padding")
         return decoded
 
 
-def _pyjwt() -> jwt.PyJWT:
-    """A PyJWT whose signature layer is :class:`_RegexSegmentJWS`."""
-    decoder = jwt.PyJWT()
-    decoder._jws = _RegexSegmentJWS(options=decoder._get_sig_options())
-    return decoder
+class _OrjsonPyJWT(jwt.PyJWT):
+    """PyJWT that parses the (already verified) payload with orjson.
+
+    ``_decode_payload`` is PyJWT's documented hook for this. orjson is stricter than
+    the json module — no NaN, no integers beyond 64 bits — which only refuses
+    tokens no issuer should sign.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jws = _RegexSegmentJWS(options=self._get_sig_options())
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(decoded["payload"])
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(f"Invalid payload string: {e}") from e
+        if not isinstance(payload, dict):
+            raise DecodeError("Invalid payload string: must be a json object")
+        return payload
 
 
-_decoder = _pyjwt()
+_decoder = _OrjsonPyJWT()
 
 
 class JWTAuthenticator:

@@ -79,8 +79,8 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
                 protocol = DetachableWebSocketProtocol(
                     config=self.config, server_state=self.server_state, app_state=self.app_state
                 )
-                protocol.connection_made(self.transport)
-                protocol.handle_parsed_request(request)
+                secure = self.scheme == "https"
+                protocol.take_over(self.transport, request, self.server, self.client, secure)
                 self.transport.set_protocol(protocol)
             # The WebSocket protocol has the socket now; this object never hears of it
             # again (no connection_lost, where uvicorn drops the parser). The parser holds

@@ -257,13 +257,26 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.writable = WritableFlag()  # type: ignore[assignment]
 
-    def handle_parsed_request(self, request: Request) -> None:
-        """Take the handshake from uvicorn's HTTP protocol as parsed (:func:`handshake_request`).
+    def take_over(
+        self,
+        transport: asyncio.Transport,
+        request: Request,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        secure: bool,
+    ) -> None:
+        """Take the socket and its handshake from uvicorn's HTTP protocol, as parsed there.
 
-        What ``data_received`` does with the request's bytes, minus the parsing:
+        What ``connection_made`` and then ``data_received`` with the request's bytes
+        do, minus what the HTTP protocol already did: looking up the socket's
+        addresses, and parsing the request (:func:`handshake_request`).
         ``websockets``' parser moves past the request to frames, and uvicorn's
         ``handle_connect`` answers it (the ASGI app then accepts or denies).
         """
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = server, client
+        self.scheme = "wss" if secure else "ws"
         conn = self.conn
         conn.parser = FrameProtocol.parse(conn)
         next(conn.parser)
