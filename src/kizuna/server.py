@@ -240,9 +240,7 @@ class Server:
             host=cfg.host,
             port=cfg.port,
             loop="uvloop",
-            http=guarded_http_protocol(
-                cfg.handshake_timeout, lambda: self.node.events.limit_refused("handshake_timeout")
-            ),
+            http=guarded_http_protocol(cfg.handshake_timeout, self.node.events.limit_refused),
             ws=DetachableWebSocketProtocol,
             # The framing layer refuses to buffer frames far over the limit (1009);
             # frames just over it reach the client and close with 4004.

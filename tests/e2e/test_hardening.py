@@ -167,3 +167,45 @@ async def test_thousands_of_subscribe_cycles_leave_nothing_behind(open_py: OpenP
                 headers={"Authorization": f"apikey {server.api_key}"},
             )
         assert r.json()["result"]["channels"] == {}  # every subscription was released
+
+
+async def _answer(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` and read the answer until the server closes (or 2 s of quiet)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    chunks = b""
+    with contextlib.suppress(asyncio.TimeoutError, ConnectionResetError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 2):
+            chunks += chunk
+    writer.close()
+    return chunks
+
+
+async def test_request_heads_over_64_kib_get_431_and_others_are_served() -> None:
+    pad = "".join(f"X-Pad-{i}: {'a' * 1000}\r\n" for i in range(70))  # ~70 KB of headers
+    head = "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    attacks = {
+        "many headers": (head + pad + "\r\n").encode(),
+        "one header that never ends": (head + "X-Long: " + "a" * 70_000).encode(),
+        "a long target": f"GET /healthz?q={'a' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        "a WebSocket handshake": (
+            "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\n" + pad + "\r\n"
+        ).encode(),
+    }
+    with serve() as server:
+        for name, raw in attacks.items():
+            answer = await _answer(server.port, raw)
+            assert answer.startswith(b"HTTP/1.1 431 "), (name, answer[:60])
+            assert answer.endswith(b"The request head is over 65536 bytes.\n"), name
+        # Just under the limit: served. A large body is no part of the head.
+        under = "".join(f"X-Pad-{i}: {'a' * 1000}\r\n" for i in range(60))
+        assert (await _answer(server.port, (head + under + "\r\n").encode())).startswith(
+            b"HTTP/1.1 200 "
+        )
+        body = b"{" + b" " * 100_000 + b"}"
+        post = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        assert (await _answer(server.port, post + body)).startswith(b"HTTP/1.1 405 ")
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(server.url + "/metrics")).text
+        assert 'kizuna_limit_refusals_total{limit="request_head"} 4.0' in metrics

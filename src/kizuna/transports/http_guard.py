@@ -1,4 +1,4 @@
-"""A deadline for request headers: slowloris protection uvicorn does not have.
+"""Limits on request heads that uvicorn does not have: a deadline and a size.
 
 uvicorn's keep-alive timeout only covers the quiet time *between* requests; a
 client that opens a connection and sends a header byte every few seconds holds
@@ -7,6 +7,11 @@ uvicorn's httptools protocol gives every request ``timeout`` seconds from its
 first byte (or from the connection, for the first request) to finish its
 headers, and closes the connection otherwise. A WebSocket handshake is a
 request like any other, so half-open handshakes are covered too.
+
+Nor does uvicorn's httptools protocol bound the size of a head: within that
+deadline one connection could send gigabytes of header lines, all kept in
+memory. Past ``max_head`` bytes the request is answered with 431 and the
+connection closed.
 
 It also hands a WebSocket upgrade to kizuna's WebSocket protocol as the request
 httptools parsed, instead of as bytes to be parsed again, and answers one that
@@ -21,20 +26,36 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from kizuna.exceptions import KizunaError
 from kizuna.transports.websocket_protocol import (
     DetachableWebSocketProtocol,
     RefusedHandshake,
     handshake_request,
 )
 
-__all__ = ["guarded_http_protocol"]
+__all__ = ["MAX_REQUEST_HEAD", "guarded_http_protocol"]
+
+MAX_REQUEST_HEAD = 64 * 1024
+"""Bytes a request line and its headers may take (Node.js allows 16 KiB, nginx 32 KiB)."""
 
 
-def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> type[asyncio.Protocol]:
-    """An HttpToolsProtocol class whose requests must send their headers within ``timeout``."""
+class _HeadTooLarge(KizunaError):
+    """Stops httptools' parse of a request head over the limit (see send_400_response)."""
+
+
+def guarded_http_protocol(
+    timeout: float, on_refused: Callable[[str], None], max_head: int = MAX_REQUEST_HEAD
+) -> type[asyncio.Protocol]:
+    """An HttpToolsProtocol class whose requests must send their headers within ``timeout``
+    and within ``max_head`` bytes; ``on_refused`` hears of each refusal by the limit's name
+    (``handshake_timeout``, ``request_head``)."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _head_parsed = 0
+        """Bytes of the current head's request line and headers that httptools has parsed."""
+        _head_unfinished = 0
+        """Bytes of the current head read in whole reads that did not finish it."""
 
         def _arm(self) -> None:
             if self._deadline is None:
@@ -44,11 +65,12 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+            self._head_parsed = self._head_unfinished = 0
 
         def _expired(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                on_timeout()
+                on_refused("handshake_timeout")
                 self.transport.close()
 
         def connection_made(self, transport: Any) -> None:
@@ -59,6 +81,27 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
             super().on_message_begin()
             self._arm()
 
+        def on_url(self, url: bytes) -> None:
+            self._count_parsed(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_parsed(len(name) + len(value) + 4)  # "name: value\r\n"
+            super().on_header(name, value)
+
+        def _count_parsed(self, size: int) -> None:
+            self._head_parsed += size
+            if self._head_parsed > max_head:
+                # Raised inside httptools' feed_data, this stops the parse; uvicorn then
+                # answers 400 through send_400_response, which answers 431 instead.
+                raise _HeadTooLarge
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_parsed <= max_head:
+                super().send_400_response(msg)
+            elif not self.transport.is_closing():
+                self._refuse_head()
+
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
@@ -67,13 +110,30 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
             self._disarm()
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            head_open = self._deadline is not None
+            super().data_received(data)
+            # One header that never ends reaches neither callback: httptools buffers it.
+            # A read that leaves the head unfinished was head from its first byte to its
+            # last; one that finishes it disarmed, and reset the count.
+            if head_open and self._deadline is not None:
+                self._head_unfinished += len(data)
+                if self._head_unfinished > max_head and not self.transport.is_closing():
+                    self._refuse_head()
+
+        def _refuse_head(self) -> None:
+            self._disarm()
+            on_refused("request_head")
+            self._answer(431, f"The request head is over {max_head} bytes.\n")
+
         def handle_websocket_upgrade(self) -> None:
             if self.ws_protocol_class is not DetachableWebSocketProtocol:
                 super().handle_websocket_upgrade()
             else:  # uvicorn's upgrade, without writing the request out to be parsed again
                 request = handshake_request(self.scope["method"], self.url, self.headers)
                 if isinstance(request, RefusedHandshake):
-                    self._refuse(request)
+                    reason = f"Failed to open a WebSocket connection: {request.reason}.\n"
+                    self._answer(request.status, reason)
                     return
                 self.connections.discard(self)
                 protocol = DetachableWebSocketProtocol(
@@ -88,10 +148,10 @@ def guarded_http_protocol(timeout: float, on_timeout: Callable[[], None]) -> typ
             # transport through it — could be freed only by a full cyclic-GC pass.
             self.parser = None  # type: ignore[assignment]
 
-        def _refuse(self, refused: RefusedHandshake) -> None:
-            """Answer a handshake websockets would not parse, as uvicorn answers a bad request."""
-            body = f"Failed to open a WebSocket connection: {refused.reason}.\n".encode()
-            head = [STATUS_LINE[refused.status]]
+        def _answer(self, status: int, text: str) -> None:
+            """Refuse the request in plain text and close, as uvicorn answers a bad request."""
+            body = text.encode()
+            head = [STATUS_LINE[status]]
             head += [
                 name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
             ]
