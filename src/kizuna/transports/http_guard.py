@@ -52,8 +52,8 @@ def guarded_http_protocol(
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
-        _head_parsed = 0
-        """Bytes of the current head's request line and headers that httptools has parsed."""
+        _head_over = 0
+        """Bytes of a finished head's request line and headers, when it was over the limit."""
         _head_unfinished = 0
         """Bytes of the current head read in whole reads that did not finish it."""
 
@@ -65,7 +65,7 @@ def guarded_http_protocol(
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
-            self._head_parsed = self._head_unfinished = 0
+            self._head_unfinished = 0
 
         def _expired(self) -> None:
             self._deadline = None
@@ -81,29 +81,20 @@ def guarded_http_protocol(
             super().on_message_begin()
             self._arm()
 
-        def on_url(self, url: bytes) -> None:
-            self._count_parsed(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count_parsed(len(name) + len(value) + 4)  # "name: value\r\n"
-            super().on_header(name, value)
-
-        def _count_parsed(self, size: int) -> None:
-            self._head_parsed += size
-            if self._head_parsed > max_head:
-                # Raised inside httptools' feed_data, this stops the parse; uvicorn then
-                # answers 400 through send_400_response, which answers 431 instead.
-                raise _HeadTooLarge
-
         def send_400_response(self, msg: str) -> None:
-            if self._head_parsed <= max_head:
+            if self._head_over <= max_head:
                 super().send_400_response(msg)
             elif not self.transport.is_closing():
                 self._refuse_head()
 
         def on_headers_complete(self) -> None:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             self._disarm()
+            if size > max_head:
+                # Raised inside httptools' feed_data, this stops the request; uvicorn then
+                # answers 400 through send_400_response, which answers 431 instead.
+                self._head_over = size
+                raise _HeadTooLarge
             super().on_headers_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -113,9 +104,9 @@ def guarded_http_protocol(
         def data_received(self, data: bytes) -> None:
             head_open = self._deadline is not None
             super().data_received(data)
-            # One header that never ends reaches neither callback: httptools buffers it.
-            # A read that leaves the head unfinished was head from its first byte to its
-            # last; one that finishes it disarmed, and reset the count.
+            # A head that never ends never reaches on_headers_complete, and httptools
+            # buffers it: count the reads that leave it unfinished — each was head from
+            # its first byte to its last (one that finishes it disarmed, and reset this).
             if head_open and self._deadline is not None:
                 self._head_unfinished += len(data)
                 if self._head_unfinished > max_head and not self.transport.is_closing():
