@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 
 import pytest
 import uvloop
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from kizuna.core.auth import mint_token
 from kizuna.server import Server
@@ -101,3 +103,55 @@ async def mute_peer_closed() -> None:
         assert struct.unpack("!H", frames[-1][1][:2])[0] == 1011
         await until_no_clients(server)
         assert len(server.node.deadlines) == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_accepted_connection_never_starts_a_timer_of_its_own(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accept_now puts the first ping on the node's timer at once: no call_later to undo."""
+    own: list[str] = []
+    original = WebSocketsSansIOProtocol.schedule_ping
+
+    def noting(self: WebSocketsSansIOProtocol) -> None:
+        own.append(type(self).__name__)
+        original(self)
+
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "schedule_ping", noting)
+    LOOPS[loop](accepted_without_timers())
+    assert own == []
+
+
+async def accepted_without_timers() -> None:
+    async with serving(ping_interval=0.3) as (server, port):
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        sockets = [await connected(url, f"quiet{i}") for i in range(3)]
+        assert len(server.node.deadlines) == 6  # each: its keepalive step, its token's expiry
+        await asyncio.sleep(0.8)  # pings went out and came back
+        assert all(p.ping_sent_at > 0 for p in protocols(server))
+        for ws in sockets:
+            await ws.close()
+        await until_no_clients(server)
+
+
+def test_accept_now_sends_nothing_once_the_peer_is_gone() -> None:
+    written: list[bytes] = []
+    protocol = DetachableWebSocketProtocol.__new__(DetachableWebSocketProtocol)
+    protocol.disconnected = True
+    protocol.handshake_complete = False
+    protocol.initial_response = None
+    protocol.transport = type("T", (), {"write": written.append, "is_closing": lambda _: True})()  # type: ignore[assignment]
+    assert protocol.accept_now() is False
+    assert written == []
+
+
+async def test_the_access_log_line_of_an_accept_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    async with serving() as (server, port):
+        url = f"ws://127.0.0.1:{port}/connection/websocket?x=1"
+        with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+            ws = await connected(url, "logged")
+        await ws.close()
+        await until_no_clients(server)
+    lines = [r.getMessage() for r in caplog.records if "[accepted]" in r.getMessage()]
+    port = ws.local_address[1]
+    assert lines == [f'127.0.0.1:{port} - "WebSocket /connection/websocket?x=1" [accepted]']

@@ -139,20 +139,23 @@ class WebSocketEndpoint:
         if verdict.error is not None:
             await self._deny(scope, send, verdict.status, verdict.error)
             return
-        await send({"type": "websocket.accept"})
-        transport = WebSocketTransport(send)
+        protocol = getattr(send, "__self__", None)
+        if isinstance(protocol, DetachableWebSocketProtocol):
+            if not protocol.accept_now(self.node.deadlines):
+                return  # the peer left during the handshake
+        else:
+            await send({"type": "websocket.accept"})
         client = Client(
             self.node,
-            transport,
+            WebSocketTransport(send),
             credentials=verdict.credentials,
             remote_addr=verdict.remote_addr,
         )
         client.start_connect_deadline(self.node.options.connect_timeout)
-        protocol = transport.protocol
         if isinstance(protocol, DetachableWebSocketProtocol):
             # From here frames go straight to the client and this task ends: an open
             # connection costs no task, queue or handshake headers (websocket_protocol.py).
-            protocol.detach(client, self.node.deadlines)
+            protocol.detach(client)
             return
         await self._serve(client, receive)
 

@@ -21,12 +21,17 @@ path it changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
@@ -281,6 +286,36 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         conn.parser = FrameProtocol.parse(conn)
         next(conn.parser)
         self.handle_connect(request)
+
+    def accept_now(self, deadlines: Deadlines | None = None) -> bool:
+        """Answer the handshake with 101 now: ASGI's ``websocket.accept``, without ASGI.
+
+        uvicorn's accept, minus what costs here for nothing: the coroutine, the
+        access-log arguments formatted for a line that is off below INFO, and — with
+        ``deadlines`` (the node's timer, for a connection about to :meth:`detach`) —
+        a keepalive timer of its own started only to be moved there a moment later.
+        False when the peer has gone or the handshake is answered already; nothing
+        is sent then.
+        """
+        if (
+            self.disconnected
+            or self.handshake_complete
+            or self.initial_response is not None
+            or self.transport.is_closing()
+        ):
+            return False
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = get_client_addr(self.scope), get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', client, path)
+        headers = self.response.headers
+        del headers["Date"]  # websockets' own; uvicorn's default headers bring theirs
+        headers.update((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.default_headers)
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._deadlines = deadlines
+        self.start_keepalive()
+        return True
 
     def detach(self, handler: FrameHandler, deadlines: Deadlines | None = None) -> None:
         """From now on, hand frames and the end of the connection to ``handler``.
