@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
-from bench import external, run
+from bench import external, instructions, run
 from bench.gcstats import gc_pauses
 from bench.peer import JWT_SECRET, PEERS
 from bench.report import render
@@ -284,3 +285,18 @@ async def test_the_python_peers_speak_the_guides_protocol(script: str) -> None:
         assert abs(got["timestamp"] - time.time() * 1000) < 10_000
     finally:
         await end_child(peer)
+
+
+async def test_the_instruction_counts_connects_really_connect() -> None:
+    with KizunaProcess(jwt_secret=JWT_SECRET) as server:
+        await instructions.connects(server.port, 20, 5)
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(server.url + "/metrics")).text
+    assert 'websocket_connections_total{status="accepted",transport="websocket"} 20.0' in metrics
+    assert 'websocket_disconnections_total{code="1000",transport="websocket"} 20.0' in metrics
+
+
+def test_callgrind_counts_a_servers_instructions() -> None:
+    """One run under valgrind (about a minute): start-up alone is some 2e9 instructions."""
+    counted = instructions.instructions(3, 3, None, free_port())
+    assert 1e9 < counted < 1e10

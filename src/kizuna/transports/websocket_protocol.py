@@ -320,9 +320,11 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
     def detach(self, handler: FrameHandler, deadlines: Deadlines | None = None) -> None:
         """From now on, hand frames and the end of the connection to ``handler``.
 
-        Call it right after ``websocket.accept`` and then return from the ASGI app:
-        the task ends, the connection stays open. With ``deadlines`` (the node's),
-        the keepalive pings move from a timer of their own to the node's timer.
+        Call it right after the accept (:meth:`accept_now`, or ASGI's
+        ``websocket.accept``) and then return from the ASGI app: the task ends, the
+        connection stays open. With ``deadlines`` (the node's), keepalive pings that
+        run on a timer of their own move to the node's timer (after accept_now they
+        are there already).
         """
         queued = self.queue
         inbox = Inbox(self, handler)
