@@ -218,7 +218,7 @@ class Metrics:
         """``metric.labels(*labels)``, looked up once per label set.
 
         ``labels()`` validates, locks and hashes on every call; a connection's
-        open and close would take four of them (tests/observability/test_metrics.py).
+        open and close would take four of them (tests/observability/test_metrics_tally.py).
         """
         child = self._children.get((metric, labels))
         if child is None:
