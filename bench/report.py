@@ -565,6 +565,22 @@ def _profiles(results: Results) -> list[str]:
     return lines
 
 
+def _profiled(results: Results) -> list[str]:
+    """The warning a profiled run needs: py-spy's pauses are in its latency and loss figures."""
+    if not any(
+        result.get("profile") for scenarios in results.values() for result in scenarios.values()
+    ):
+        return []
+    return [
+        "**Profiled run.** py-spy stops each Python server to take every sample, so latency, "
+        "loss and throughput here are not comparable with an unprofiled run's (in one "
+        "channels run kizuna-redis fell 3 s behind and had not delivered 29 % by the end of "
+        "the drain; without the profiler, nothing late and nothing lost). Read it for where "
+        "the time goes, not for how much.",
+        "",
+    ]
+
+
 def _own_plans(plans: dict[str, dict[str, Any]]) -> list[str]:
     """Peers whose fan-out ladder is scaled to them (Socket.IO), as the plan's footnote."""
     if not plans:
@@ -581,6 +597,7 @@ def render(meta: dict[str, Any], peers: dict[str, str], results: Results, refere
         f"## Run of {meta['date']}",
         "",
         *_external(meta),
+        *_profiled(results),
         f"Command: `{meta['command']}`",
         "",
         f"kizuna at: {meta.get('revision', 'unknown')}",

@@ -265,6 +265,16 @@ def test_the_report_shows_gc_pauses_where_there_are_any() -> None:
     assert "garbage collection" not in render(meta, {}, results, "kizuna")
 
 
+def test_a_profiled_run_says_its_delivery_figures_are_not_comparable(tmp_path: Path) -> None:
+    meta = {"date": "d", "command": "c", "machine": "m", "plan": "{}"}
+    results: dict[str, dict[str, Any]] = {"kizuna": {"channels": {"ok": False, "error": "x"}}}
+    assert "Profiled run" not in render(meta, {}, results, "kizuna")
+    results["kizuna"]["channels"]["profile"] = str(tmp_path / "profile-kizuna-channels.txt")
+    assert "**Profiled run.** py-spy stops each Python server" in render(
+        meta, {}, results, "kizuna"
+    )
+
+
 @pytest.mark.parametrize("script", ["py_websockets_server.py", "py_uvicorn_server.py"])
 async def test_the_python_peers_speak_the_guides_protocol(script: str) -> None:
     """What the fan-out and channels scenarios need from a peer: subscribe, then a message."""
