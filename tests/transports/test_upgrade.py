@@ -18,6 +18,7 @@ from typing import Any
 import httptools
 import pytest
 import websockets
+from websockets.exceptions import RequestLineTooLong
 from websockets.http11 import Request
 from websockets.streams import StreamReader
 
@@ -112,6 +113,23 @@ def test_websockets_refuses_what_kizuna_refuses(name: str) -> None:
     assert refused == RefusedHandshake(status, refused.reason)  # type: ignore[union-attr]
     with pytest.raises(Exception):  # noqa: B017, PT011 - whichever of its errors websockets raises
         websockets_parse(raw)
+
+
+@pytest.mark.parametrize("line_length", [8192, 8193])
+def test_the_request_line_limit_is_websockets_own_to_the_byte(line_length: int) -> None:
+    """A request line of 8,192 bytes with its CRLF passes; one more byte is 414."""
+    padding = line_length - len("GET /connection/websocket?x= HTTP/1.1\r\n")
+    raw = upgrade(target="/connection/websocket?x=" + "a" * padding)
+    assert raw.index(b"\r\n") + 2 == line_length
+    parsed = _Parsed(raw)
+    ours = handshake_request(parsed.method, parsed.url, parsed.headers)
+    if line_length <= 8192:
+        assert isinstance(ours, Request)
+        assert ours.path == websockets_parse(raw).path
+    else:
+        assert ours == RefusedHandshake(414, "the request line is too long")
+        with pytest.raises(RequestLineTooLong):
+            websockets_parse(raw)
 
 
 def test_invalid_header_values_are_refused() -> None:

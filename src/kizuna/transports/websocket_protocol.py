@@ -65,7 +65,7 @@ flooding client can take, as the ``websockets`` library's own ``max_queue`` does
 # without control characters).
 _HEADER_NAME = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
 _HEADER_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
-_REQUEST_LINE_EXTRA = len("GET  HTTP/1.1\r\n")
+_REQUEST_LINE_EXTRA = len("  HTTP/1.1\r\n")  # around the method and the target
 
 
 @dataclass(frozen=True, slots=True)
