@@ -1,28 +1,41 @@
-"""Instructions per connect, counted by callgrind: an A/B that a noisy machine cannot blur.
+"""Instructions per connect or per publish, counted by callgrind: an A/B noise cannot blur.
 
 Wall-clock CPU per connect moved by ±10 % between identical runs on the shared machines
 this was written on; a change worth 3 % could not be seen. ``valgrind --tool=callgrind``
 counts the instructions the server executes instead, which repeat within 0.3 % for the
-same build. This runs ``kizuna serve`` (the benchmark's configuration) under callgrind
-twice — once with no connects, once with ``--connects`` — and prints the difference per
-connect: each connect is a WebSocket handshake, a ``connect`` command with its own JWT, and
-a close once all are open. Kernel time (accept, reads, writes) is not counted.
+same build. This runs a server (``kizuna serve`` in the benchmark's configuration, or a
+Python peer) under callgrind twice — once without the work, once with it — and prints the
+difference per unit of work. Kernel time (accept, reads, writes) is not counted.
 
-Run: ``python -m bench.instructions [--connects 500] [--in-flight 20] [--src DIR]`` (DIR: a
-checkout's ``src``, for the other side of an A/B). Needs valgrind (Debian's package). Each
-run takes a minute or two: the server starts about 40× slower under callgrind.
+Two workloads:
+
+* ``--connects N``: each connect is a WebSocket handshake, a ``connect`` command with its
+  own JWT, and a close once all are open (scenario C).
+* ``--publishes N``: ``--subscribers`` connections, each subscribed to its own channel,
+  and one publisher that sends N publications to channels drawn at random (seeded), five
+  at a time, each burst waited for until every delivery (and, on kizuna, every reply) is
+  in (scenario D). Both runs open the same subscribers; the difference is the publishes.
+  ``--peer py-websockets`` counts the Python peer's server the same way.
+
+Run: ``python -m bench.instructions [--connects 500 | --publishes 2000] [--src DIR]``
+(DIR: a checkout's ``src``, for the other side of an A/B). Needs valgrind (Debian's
+package). Each run takes a minute or two: the server starts about 40× slower under callgrind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import orjson
 import websockets
@@ -30,9 +43,14 @@ import websockets
 from bench.peer import JWT_SECRET, KIZUNA_CONFIG, PEERS
 from bench.procs import free_port, wait_for_port
 
-__all__ = ["connects", "instructions", "main"]
+__all__ = ["connects", "instructions", "main", "publishes"]
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
+_BURST = 5
+"""Publications sent together: the channels scenario's publisher sends five per millisecond."""
+
+Workload = Callable[[int], Coroutine[Any, Any, None]]
+"""Given the server's port, does the work (or, for the baseline, only its set-up)."""
 
 
 async def connects(port: int, count: int, in_flight: int) -> None:
@@ -56,15 +74,128 @@ async def connects(port: int, count: int, in_flight: int) -> None:
     await asyncio.gather(*(ws.close() for ws in opened))
 
 
-def instructions(count: int, in_flight: int, src: Path | None, port: int) -> int:
-    """Instructions a ``kizuna serve`` under callgrind executed, start to exit, with ``count``."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    argv = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
+class _Counter:
+    """Counts marked lines arriving on many connections; wakes whoever waits for a total."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def add(self, n: int) -> None:
+        if n:
+            self.count += n
+            self._changed.set()
+
+    async def reach(self, total: int) -> None:
+        while self.count < total:
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), 120)
+
+
+async def _read_marked(ws: websockets.ClientConnection, mark: str, counter: _Counter) -> None:
+    """Count occurrences of ``mark`` in every frame (kizuna coalesces lines into one frame)."""
+    try:
+        async for frame in ws:
+            text = frame if isinstance(frame, str) else frame.decode()
+            if '"error"' in text:
+                raise RuntimeError(f"error from the server: {text[:300]}")
+            counter.add(text.count(mark))
+    except websockets.ConnectionClosed:
+        pass
+
+
+async def publishes(
+    port: int,
+    peer: str,
+    subscribers: int,
+    count: int,
+    seed: int = 7,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Scenario D in small: ``subscribers`` channels of one, ``count`` random publications.
+
+    ``started`` is called once the set-up is done, before the first publication (to start
+    a profiler on the publishes alone, say).
+    """
+    spec = PEERS[peer]
+    native = spec.protocol == "kizuna"
+    url = f"ws://127.0.0.1:{port}{spec.path}"
+    channels = [f"{spec.idle_prefix}{i}" for i in range(subscribers)]
+    delivered, replies = _Counter(), _Counter()
+    opened: list[websockets.ClientConnection] = []
+    readers: list[asyncio.Task[None]] = []
+
+    def message(channel: str, content: str) -> str:
+        if native:
+            data = {"user": "bench", "content": content}
+            command = {"id": 3, "method": "publish", "params": {"channel": channel, "data": data}}
+            return orjson.dumps(command).decode()
+        guide = {"type": "message", "channel": channel, "user": "bench", "content": content}
+        return orjson.dumps(guide).decode()
+
+    async def open_one(channel: str | None) -> websockets.ClientConnection:
+        ws = await websockets.connect(url, compression=None, open_timeout=120, max_queue=None)
+        if native:
+            await ws.send(
+                orjson.dumps(
+                    {"id": 1, "method": "connect", "params": {"token": spec.token()}}
+                ).decode()
+            )
+            last = 1
+            if channel is not None:
+                await ws.send(
+                    orjson.dumps(
+                        {"id": 2, "method": "subscribe", "params": {"channel": channel}}
+                    ).decode()
+                )
+                last = 2
+            while f'"id":{last},"result"' not in str(await asyncio.wait_for(ws.recv(), 120)):
+                pass
+        elif channel is not None:
+            await ws.send(orjson.dumps({"type": "subscribe", "channel": channel}).decode())
+        opened.append(ws)
+        return ws
+
+    subs = [await open_one(channel) for channel in channels]
+    publisher = await open_one(None)
+    readers += [asyncio.create_task(_read_marked(ws, '"B|', delivered)) for ws in subs]
+    if native:
+        readers.append(asyncio.create_task(_read_marked(publisher, '"result"', replies)))
+    # Every subscription proven live (the guide's protocol does not acknowledge one).
+    for channel in channels:
+        await publisher.send(message(channel, "B|probe"))
+    await delivered.reach(subscribers)
+    await replies.reach(subscribers if native else 0)
+    if started is not None:
+        started()
+    rng = random.Random(seed)
+    sent = 0
+    while sent < count:
+        burst = min(_BURST, count - sent)
+        for _ in range(burst):
+            sent += 1
+            await publisher.send(message(rng.choice(channels), f"B|{sent}"))
+        await delivered.reach(subscribers + sent)
+        await replies.reach(subscribers + sent if native else 0)
+    await asyncio.gather(*(ws.close() for ws in opened))
+    await asyncio.gather(*readers)
+
+
+def instructions(
+    count: int, in_flight: int, src: Path | None, port: int, work: Workload | None = None
+) -> int:
+    """Instructions a server under callgrind executed, start to exit, doing ``work``.
+
+    Without ``work``: ``kizuna serve`` and ``count`` connects (``in_flight`` at a time).
+    With it: ``count`` only names the run; ``work(port)`` is what the server is put through.
+    """
+    if work is None:
+        work = functools.partial(connects, count=count, in_flight=in_flight)
+    return _count(_kizuna_argv(port), src, port, work)
+
+
+def _kizuna_argv(port: int) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "kizuna.cli",
@@ -76,10 +207,26 @@ def instructions(count: int, in_flight: int, src: Path | None, port: int) -> int
         "--log-level=warning",
         f"--config={KIZUNA_CONFIG}",
     ]
+
+
+def _server_argv(peer: str, port: int) -> list[str]:
+    if PEERS[peer].protocol == "kizuna":
+        return _kizuna_argv(port)
+    argv, _ = PEERS[peer].command(port, {})
+    if argv[0] != sys.executable or not PEERS[peer].python:
+        raise SystemExit(f"{peer}: only kizuna and the Python peers without helpers run here")
+    return argv
+
+
+def _count(argv: list[str], src: Path | None, port: int, work: Workload) -> int:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
     server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, server, timeout=300)
-        asyncio.run(connects(port, count, in_flight))
+        asyncio.run(work(port))
         asyncio.run(asyncio.sleep(1))  # the closes' last frames
     finally:
         server.send_signal(signal.SIGINT)
@@ -92,16 +239,34 @@ def instructions(count: int, in_flight: int, src: Path | None, port: int) -> int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--connects", type=int, default=500)
-    parser.add_argument("--in-flight", type=int, default=20)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--connects", type=int, default=None, help="default: 500")
+    what.add_argument("--publishes", type=int, default=None)
+    parser.add_argument("--in-flight", type=int, default=20, help="handshakes at a time")
+    parser.add_argument("--subscribers", type=int, default=200, help="with --publishes")
+    parser.add_argument("--peer", default="kizuna", help="with --publishes: kizuna, py-websockets")
     parser.add_argument("--src", type=Path, default=None, help="a checkout's src/ to measure")
     args = parser.parse_args(argv)
-    idle = instructions(0, args.in_flight, args.src, free_port())
-    busy = instructions(args.connects, args.in_flight, args.src, free_port())
-    per_connect = (busy - idle) / args.connects
-    print(f"start-up and exit: {idle:,} instructions")
-    print(f"with {args.connects} connects: {busy:,}")
-    print(f"per connect: {per_connect:,.0f}")
+    if args.publishes is None:
+        n = args.connects or 500
+        unit = "connect"
+        idle = instructions(0, args.in_flight, args.src, free_port())
+        busy = instructions(n, args.in_flight, args.src, free_port())
+    else:
+        n = args.publishes
+        unit = "publish"
+        idle, busy = (
+            _count(
+                _server_argv(args.peer, port),
+                args.src,
+                port,
+                functools.partial(publishes, peer=args.peer, subscribers=args.subscribers, count=k),
+            )
+            for k, port in ((0, free_port()), (n, free_port()))
+        )
+    print(f"set-up and exit: {idle:,} instructions")
+    print(f"with {n} {unit}{'e' if unit == 'publish' else ''}s: {busy:,}")
+    print(f"per {unit}: {(busy - idle) / n:,.0f}")
     return 0
 
 

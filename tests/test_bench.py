@@ -25,7 +25,7 @@ import websockets
 
 from bench import external, instructions, run
 from bench.gcstats import gc_pauses
-from bench.peer import JWT_SECRET, PEERS
+from bench.peer import JWT_SECRET, KIZUNA_CONFIG, PEERS
 from bench.report import render
 from bench.scenarios import QUICK, _spec
 from kizuna.core.auth import JWTAuthenticator, JWTSettings
@@ -304,6 +304,29 @@ async def test_the_instruction_counts_connects_really_connect() -> None:
             metrics = (await http.get(server.url + "/metrics")).text
     assert 'websocket_connections_total{status="accepted",transport="websocket"} 20.0' in metrics
     assert 'websocket_disconnections_total{code="1000",transport="websocket"} 20.0' in metrics
+
+
+async def test_the_instruction_counts_publishes_deliver_every_one() -> None:
+    """The publish workload: five subscriptions proven by a probe each, then 23 publications
+    in bursts of five; the server's own counters see exactly that many, each delivered."""
+    with KizunaProcess(jwt_secret=JWT_SECRET, args=["--config", str(KIZUNA_CONFIG)]) as server:
+        await instructions.publishes(server.port, "kizuna", 5, 23)
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(server.url + "/metrics")).text
+    assert 'kizuna_publications_fanned_out_total{namespace="bench"} 28.0' in metrics
+    assert 'kizuna_deliveries_total{namespace="bench"} 28.0' in metrics
+
+
+async def test_the_instruction_counts_publishes_run_on_the_python_peer() -> None:
+    port = free_port()
+    argv, _ = PEERS["py-websockets"].command(port, {})
+    peer = await asyncio.create_subprocess_exec(*argv)
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        # Waits (at most 120 s a step) until every delivery is in, or raises.
+        await asyncio.wait_for(instructions.publishes(port, "py-websockets", 5, 23), 60)
+    finally:
+        await end_child(peer)
 
 
 def test_callgrind_counts_a_servers_instructions() -> None:

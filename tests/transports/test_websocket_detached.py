@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import orjson
 import pytest
@@ -233,19 +234,28 @@ async def test_no_connect_command_in_time_closes_with_3007() -> None:
         await prompt.close()
 
 
+@pytest.mark.parametrize("when", ["in the call", "after waiting"])
 async def test_a_frame_that_raises_drops_only_its_connection(
-    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
+    """A bug in handling a frame: raised in the call that delivers it, or in the task that
+    runs what had to wait."""
     server, url = served
     bystander = await connected(url, "bystander")
-    handle_frame = Client.handle_frame
+    handle_frame_nowait = Client.handle_frame_nowait
 
-    async def broken(self: Client, frame: bytes | str) -> None:
-        if "boom" in str(frame):
+    async def fails_later() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("a bug")
+
+    def broken(self: Client, frame: bytes | str) -> Coroutine[Any, Any, None] | None:
+        if "boom" not in str(frame):
+            return handle_frame_nowait(self, frame)
+        if when == "in the call":
             raise RuntimeError("a bug")
-        await handle_frame(self, frame)
+        return fails_later()
 
-    monkeypatch.setattr(Client, "handle_frame", broken)
+    monkeypatch.setattr(Client, "handle_frame_nowait", broken)
     victim = await connected(url, "victim")
     await victim.send('{"id": 2, "method": "ping", "params": {"boom": 1}}')
     with pytest.raises(websockets.ConnectionClosed):
@@ -265,14 +275,20 @@ async def test_a_flood_of_commands_waits_in_the_kernel_and_is_answered_in_order(
     """While the handler is busy, reading stops once INBOX_FRAMES frames wait; none is lost."""
     server, url = served
     released = asyncio.Event()
-    handle_frame = Client.handle_frame
+    handle_frame_nowait = Client.handle_frame_nowait
 
-    async def held(self: Client, frame: bytes | str) -> None:
+    async def hold_then(self: Client, frame: bytes | str) -> None:
+        await released.wait()
+        rest = handle_frame_nowait(self, frame)
+        if rest is not None:
+            await rest
+
+    def held(self: Client, frame: bytes | str) -> Coroutine[Any, Any, None] | None:
         if '"hold"' in str(frame):
-            await released.wait()
-        await handle_frame(self, frame)
+            return hold_then(self, frame)
+        return handle_frame_nowait(self, frame)
 
-    monkeypatch.setattr(Client, "handle_frame", held)
+    monkeypatch.setattr(Client, "handle_frame_nowait", held)
     ws = await connected(url, "flooder")
     protocol = only_protocol(server)
     assert protocol.inbox is not None

@@ -58,6 +58,11 @@ class MemoryBroker:
         """No: a publish completes in the call (nothing to overlap)."""
         return False
 
+    @property
+    def publishes_in_call(self) -> bool:
+        """Yes: :meth:`publish_now` stores and delivers before it returns."""
+        return True
+
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -79,6 +84,11 @@ class MemoryBroker:
         self._subscribed.discard(channel)
 
     async def publish(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> StreamPosition:
+        return self._publish(channel, pub, options)
+
+    def publish_now(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:
         return self._publish(channel, pub, options)

@@ -204,6 +204,16 @@ class RedisBroker:
         """
         return self._pipeline is not None
 
+    @property
+    def publishes_in_call(self) -> bool:
+        """No: Redis answers later (see :attr:`pipelines_publishes`)."""
+        return False
+
+    def publish_now(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> StreamPosition:
+        raise AssertionError("Redis cannot publish in the call (publishes_in_call is False)")
+
     async def publish(
         self, channel: str, pub: Publication, options: PublishOptions
     ) -> StreamPosition:

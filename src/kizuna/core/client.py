@@ -304,88 +304,169 @@ class Client:
 
     async def handle_frame(self, frame: bytes | str) -> None:
         """Decode one inbound frame and answer each command in it, in order."""
+        rest = self.handle_frame_nowait(frame)
+        if rest is not None:
+            await rest
+
+    def handle_frame_nowait(self, frame: bytes | str) -> Coroutine[Any, Any, None] | None:
+        """:meth:`handle_frame` as far as it goes without waiting; the rest as a coroutine.
+
+        A busy connection's commands are mostly publishes, which are answered (or,
+        on a pipelining broker, handed over) in the call: no coroutine per command,
+        and a transport that would run a task per frame (websocket_protocol.Inbox)
+        runs none. From the first command that has to wait, the frame's commands are
+        left to the coroutine returned, which the caller must run to its end before
+        the next frame.
+        """
         limit = self.node.options.max_message_size
         # A str is measured in UTF-8 bytes; encoding is only needed when it might be over.
         if len(frame) > limit or (
             isinstance(frame, str) and len(frame) * 4 > limit and len(frame.encode()) > limit
         ):
-            await self.close(DisconnectCode.MESSAGE_TOO_LARGE)
-            return
+            return self.close(DisconnectCode.MESSAGE_TOO_LARGE)
         try:
             commands = codec.decode_frame(frame)
         except ProtocolError as exc:
-            await self.close(DisconnectCode.BAD_REQUEST, exc.message)
-            return
+            return self.close(DisconnectCode.BAD_REQUEST, exc.message)
+        for i, command in enumerate(commands):
+            if self.state is ClientState.CLOSED:
+                return None
+            rest = self.handle_command_nowait(command)
+            if rest is not None:
+                return self._handle_commands(rest, commands[i + 1 :])
+        return None
+
+    async def _handle_commands(
+        self, first: Coroutine[Any, Any, None], commands: list[Command | CommandRejected]
+    ) -> None:
+        """Run ``first`` (what is left of one command) to its end, then ``commands``."""
+        await first
         for command in commands:
             if self.state is ClientState.CLOSED:
                 return
             await self.handle_command(command)
 
     async def handle_command(self, command: Command | CommandRejected) -> None:
-        started = time.perf_counter()
-        method = _METHOD_NAMES.get(type(command), "unknown")
-        error = 0
-        if self.state is ClientState.CONNECTING and not isinstance(command, Connect):
-            await self.close(DisconnectCode.BAD_REQUEST, "connect first")
-            return
+        rest = self.handle_command_nowait(command)
+        if rest is not None:
+            await rest
+
+    def handle_command_nowait(
+        self, command: Command | CommandRejected, started: float | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """Answer ``command`` in the call when nothing has to be waited for; else return
+        the coroutine that answers it.
+
+        In the call: refusals, a publish handed to a pipelining broker, and the
+        commands of :data:`_HANDLERS_NOW` (a publish to a broker that publishes in
+        the call, a ping). ``started``: when the command arrived, for its duration.
+        """
+        if started is None:
+            started = time.perf_counter()
+        if self.state is ClientState.CONNECTING and type(command) is not Connect:
+            return self.close(DisconnectCode.BAD_REQUEST, "connect first")
         if type(command) is Publish and self.node.pipelines_publishes:
-            await self._pipeline_publish(command, started)
-            return
+            return self._publish_now(command, started)
         if self._replies:  # the barrier (module doc, "Pipelined publishes", 3)
-            await self._wait_for_replies(0)
-            if self.state is ClientState.CLOSED:
-                return
+            return self._after_replies(command, started)
         if not self.allow_command():
             if self._refused > self.node.options.command_burst:
-                await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
-                return
-            error = ErrorCode.TOO_MANY_REQUESTS
-            self.enqueue(codec.encode_error_reply(command.id, error, ErrorCode(error).description))
-        elif isinstance(command, CommandRejected):
-            error = command.code
+                return self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
+            self._answered(command, started, ProtocolError(ErrorCode.TOO_MANY_REQUESTS))
+            return None
+        if isinstance(command, CommandRejected):
             self.enqueue(codec.encode_error_reply(command.id, command.code, command.message))
-        else:
-            handler = _HANDLERS[type(command)]
-            try:
-                result = await handler(self, command)
-            except ProtocolError as exc:
-                error = exc.code
-                self.enqueue(codec.encode_error_reply(command.id, exc.code, exc.message))
-            except BrokerError:
-                error = ErrorCode.BROKER_UNAVAILABLE
-                self.enqueue(
-                    codec.encode_error_reply(command.id, error, ErrorCode(error).description)
-                )
-            else:
-                # None: the handler replied itself (subscribe) or closed the connection.
-                if result is not None and self.state is not ClientState.CLOSED:
-                    self.enqueue(codec.encode_reply(command.id, result))
+            self.node.events.command_handled(
+                self.transport.name, "invalid", time.perf_counter() - started, command.code
+            )
+            return None
+        now = _HANDLERS_NOW.get(type(command))
+        if now is None or (type(command) is Publish and not self.node.publishes_in_call):
+            return self._run_handler(command, started)
+        try:
+            outcome: dict[str, Any] | Exception | None = now(self, command)
+        except (ProtocolError, BrokerError) as exc:
+            outcome = exc
+        self._answered(command, started, outcome)
+        return None
+
+    async def _run_handler(self, command: Command, started: float) -> None:
+        try:
+            outcome: dict[str, Any] | Exception | None = await _HANDLERS[type(command)](
+                self, command
+            )
+        except (ProtocolError, BrokerError) as exc:
+            outcome = exc
+        self._answered(command, started, outcome)
+
+    async def _after_replies(self, command: Command | CommandRejected, started: float) -> None:
+        await self._wait_for_replies(0)
+        if self.state is not ClientState.CLOSED:
+            rest = self.handle_command_nowait(command, started)
+            if rest is not None:
+                await rest
+
+    def _answered(
+        self,
+        command: Command | CommandRejected,
+        started: float,
+        outcome: dict[str, Any] | Exception | None,
+    ) -> None:
+        """Queue the reply to ``command`` and count it.
+
+        ``outcome``: the handler's result; None when the handler replied itself
+        (subscribe) or closed the connection; or the error it is answered with.
+        """
+        error = 0
+        if isinstance(outcome, ProtocolError):
+            error = outcome.code
+            self.enqueue(codec.encode_error_reply(command.id, error, outcome.message))
+        elif isinstance(outcome, BrokerError):
+            error = ErrorCode.BROKER_UNAVAILABLE
+            self.enqueue(codec.encode_error_reply(command.id, error, ErrorCode(error).description))
+        elif isinstance(outcome, dict) and self.state is not ClientState.CLOSED:
+            self.enqueue(codec.encode_reply(command.id, outcome))
         self.node.events.command_handled(
-            self.transport.name, method, time.perf_counter() - started, error
+            self.transport.name, _METHOD_NAMES[type(command)], time.perf_counter() - started, error
         )
 
     # --- pipelined publishes (module doc) -----------------------------------------------
 
-    async def _pipeline_publish(self, command: Publish, started: float) -> None:
-        """Start ``command``'s publish without waiting for the broker's reply."""
+    def _publish_now(self, command: Publish, started: float) -> Coroutine[Any, Any, None] | None:
+        """Hand ``command`` to the broker in the call, if the broker takes it so.
+
+        Only when the node :attr:`~kizuna.core.node.Node.pipelines_publishes`. Returns
+        what is left to wait for, as a coroutine: room in a full pipeline (module doc,
+        "Pipelined publishes", 4), or the close of a client over its rate. None: the
+        publish is under way, or answered already.
+        """
         replies = self._replies
-        if replies is not None and len(replies) >= MAX_PIPELINED_PUBLISHES:
-            await self._wait_for_replies(MAX_PIPELINED_PUBLISHES - 1)
-            if self.state is ClientState.CLOSED:
-                return
-            replies = self._replies
         if replies is None:
             replies = self._replies = ReplyQueue()
+        elif len(replies) >= MAX_PIPELINED_PUBLISHES:
+            return self._publish_when_room(command, started)
         pending = replies.reserve()
         if self.allow_command():
             self._start_publish(command, pending, started)
-            return
+            return None
         if self._refused > self.node.options.command_burst:
             replies.withdraw_last()
-            await self._wait_for_replies(0)
-            await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
-            return
+            return self._close_refused()
         self._answer_publish(command, pending, started, ErrorCode.TOO_MANY_REQUESTS)
+        return None
+
+    async def _publish_when_room(self, command: Publish, started: float) -> None:
+        await self._wait_for_replies(MAX_PIPELINED_PUBLISHES - 1)
+        if self.state is ClientState.CLOSED:
+            return
+        rest = self._publish_now(command, started)
+        if rest is not None:
+            await rest
+
+    async def _close_refused(self) -> None:
+        """Close a client that kept sending over its rate, after its earlier replies."""
+        await self._wait_for_replies(0)
+        await self.close(DisconnectCode.TOO_MANY_REQUESTS, flush=True)
 
     def _start_publish(self, command: Publish, pending: PendingReply, started: float) -> None:
         """Hand ``command`` to the broker now; its reply takes ``pending``'s place when it comes.
@@ -570,6 +651,18 @@ class Client:
         await self.node.unsubscribe_client(self, cmd.channel)
         return {}
 
+    def _publish_in_call(self, cmd: Publish) -> dict[str, Any]:
+        """:meth:`_publish` on a broker that publishes in the call (Node.publishes_in_call)."""
+        options = self.node.rules.check_publish(cmd.channel, self.credentials)
+        position = self.node.publish_now(
+            cmd.channel,
+            cmd.data,
+            info=self.info,
+            idempotency_key=cmd.idempotency_key,
+            options=options,
+        )
+        return position_result(position)
+
     async def _publish(self, cmd: Publish) -> dict[str, Any]:
         options = self.node.rules.check_publish(cmd.channel, self.credentials)
         position = await self.node.publish(
@@ -599,7 +692,7 @@ class Client:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE, "presence is off in this namespace")
         return await self.node.presence_stats(cmd.channel)
 
-    async def _ping(self, cmd: Ping) -> dict[str, Any]:
+    def _ping(self, cmd: Ping) -> dict[str, Any]:
         return {}
 
     # --- closing -------------------------------------------------------------------------
@@ -671,9 +764,16 @@ _HANDLERS: dict[type, Handler] = {
     History: Client._history,
     Presence: Client._presence,
     PresenceStats: Client._presence_stats,
-    Ping: Client._ping,
     Refresh: Client._refresh,
 }
+
+HandlerNow = Callable[["Client", Any], dict[str, Any] | None]
+
+_HANDLERS_NOW: dict[type, HandlerNow] = {
+    Publish: Client._publish_in_call,  # only when the node publishes_in_call
+    Ping: Client._ping,
+}
+"""Commands answered in the call (Client.handle_command_nowait): nothing to wait for."""
 
 _METHOD_NAMES: dict[type, str] = {
     Connect: "connect",

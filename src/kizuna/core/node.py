@@ -110,8 +110,11 @@ class Node:
         self.pipelines_publishes = broker.pipelines_publishes
         """The broker fixes a publish's place in its order when :meth:`publish` is called,
         before the first await (an optional capability: redis.RedisBroker on standalone
-        Redis). Then a client's publishes may overlap (client.Client._pipeline_publish)
+        Redis). Then a client's publishes may overlap (client.Client._publish_now)
         and still be applied in command order; other brokers run them one at a time."""
+        self.publishes_in_call = broker.publishes_in_call and tracer is None
+        """The broker publishes before the call returns (memory), and no span has to be
+        made: a client's publish is answered in the call (Client.handle_command_nowait)."""
         self.authenticator = authenticator
         self.options = options or NodeOptions()
         self.events: NodeEvents = events or NoEvents()
@@ -489,6 +492,21 @@ class Node:
             span.end(type(exc).__name__)
             raise
         span.end()
+        return position
+
+    def publish_now(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None,
+        idempotency_key: str | None,
+        options: NamespaceOptions,
+    ) -> StreamPosition:
+        """:meth:`publish` done in the call; only when :attr:`publishes_in_call`."""
+        pub = Publication(data, 0, info, time.time())
+        position = self.broker.publish_now(channel, pub, _publish_options(options, idempotency_key))
+        self.events.broker_operation("publish", True)
         return position
 
     def publish_nowait(

@@ -87,6 +87,13 @@ class Broker(Protocol):
         waiting for this one's reply (see core/client.py). False: one at a time."""
         ...
 
+    @property
+    def publishes_in_call(self) -> bool:
+        """True when :meth:`publish_now` can publish: the broker stores and delivers a
+        publication before the call returns (in-process). The Node then answers a
+        client's publish without a coroutine (core/client.py)."""
+        ...
+
     async def start(self, handler: BrokerEventHandler) -> None: ...
 
     async def close(self) -> None: ...
@@ -103,6 +110,12 @@ class Broker(Protocol):
         The Node uses it for a client's pipelined publishes, only when
         :attr:`pipelines_publishes`. Failures arrive through the future.
         """
+        ...
+
+    def publish_now(
+        self, channel: str, pub: Publication, options: PublishOptions
+    ) -> StreamPosition:
+        """:meth:`publish`, done in the call; only when :attr:`publishes_in_call`."""
         ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,15 +114,21 @@ class FrameHandler(Protocol):
 
     async def handle_frame(self, frame: bytes | str) -> None: ...
 
+    def handle_frame_nowait(self, frame: bytes | str) -> Coroutine[Any, Any, None] | None:
+        """Handle what can be without waiting; the rest of the frame as a coroutine."""
+
     def transport_closed(self, code: int) -> None: ...
 
 
 class Inbox:
     """Stands in for uvicorn's receive queue on a detached connection.
 
-    Frames are handled one at a time, in order, by a task that exists only while
-    there is something to handle. Reading stops while :data:`INBOX_FRAMES` frames
-    wait (uvicorn under ASGI stops after every frame) and resumes once the inbox
+    Frames are handled one at a time, in order. A frame with nothing ahead of it
+    is handled in the call that delivers it, as far as it goes without waiting
+    (``handle_frame_nowait``: a busy connection's publishes); a task exists only
+    while something has to wait, and later frames queue behind it. Reading stops
+    while :data:`INBOX_FRAMES` frames wait (uvicorn under ASGI stops after every
+    frame) and resumes once the inbox
     has caught up, so a flood of commands is held back in the kernel, not in
     memory. A disconnect waits behind frames that arrived before it, as it would
     in the ASGI receive loop.
@@ -143,9 +149,20 @@ class Inbox:
         kind = message["type"]
         if kind == "websocket.receive":
             data = message.get("text")
-            self._pending.append(data if data is not None else message.get("bytes") or b"")
-            if self._task is None:
-                self._task = self._protocol.loop.create_task(self._drain())
+            frame = data if data is not None else message.get("bytes") or b""
+            if self._task is not None:
+                self._pending.append(frame)
+                return
+            # Nothing ahead of this frame: handle it now, and start a task only for a
+            # command that has to wait (most frames of a busy connection do not).
+            try:
+                rest = self._handler.handle_frame_nowait(frame)
+            except Exception:
+                self._failed()
+                self._end(1011)
+                return
+            if rest is not None:
+                self._task = self._protocol.loop.create_task(self._drain(rest))
         elif kind == "websocket.disconnect":
             self._closed_code = int(message.get("code", 1006))
             if self._task is None:
@@ -157,16 +174,13 @@ class Inbox:
     def has_room(self) -> bool:
         return len(self._pending) < INBOX_FRAMES
 
-    async def _drain(self) -> None:
+    async def _drain(self, first: Coroutine[Any, Any, None]) -> None:
         try:
+            await first
             while self._pending:
                 await self._handler.handle_frame(self._pending.pop(0))
         except Exception:
-            # A bug, not bad input (the client answers that with codes): as uvicorn does when
-            # an ASGI app raises, log it and drop this connection; the others go on.
-            self._protocol.logger.exception("Exception handling a WebSocket frame")
-            self._closed_code = 1011
-            self._protocol.transport.close()
+            self._failed()
         finally:
             self._task = None
             self._pending.clear()
@@ -174,6 +188,13 @@ class Inbox:
                 self._end(self._closed_code)
             else:
                 self._protocol.resume_after_frames()
+
+    def _failed(self) -> None:
+        """A bug, not bad input (the client answers that with codes): as uvicorn does when
+        an ASGI app raises, log it and drop this connection; the others go on."""
+        self._protocol.logger.exception("Exception handling a WebSocket frame")
+        self._closed_code = 1011
+        self._protocol.transport.close()
 
     def _end(self, code: int) -> None:
         """Hand the end to the handler, and let go of it and of the protocol.
