@@ -10,10 +10,10 @@ The core imports no backend and no transport: ``broker/`` implements
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Protocol
 
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
+from kizuna.protocol.values import value
 
 __all__ = [
     "Authenticator",
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PublishOptions:
     """How one publication is kept. ``history_size`` 0: no history, no offset."""
 
@@ -36,7 +36,7 @@ class PublishOptions:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class HistoryResult:
     """Publications in offset order, and where the channel's history stands now."""
 
@@ -158,7 +158,7 @@ class PresenceStore(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Credentials:
     """What a verified token says about its holder.
 

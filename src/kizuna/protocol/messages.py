@@ -1,4 +1,4 @@
-"""The native protocol's messages as frozen dataclasses.
+"""The native protocol's messages as immutable dataclasses (protocol/values.py).
 
 Commands go client → server and carry an ``id``; the reply echoes it.
 Pushes go server → client and carry no id. See docs/protocol.md for the wire
@@ -11,8 +11,10 @@ lets a fan-out encode a publication once for every recipient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TypeAlias
+
+from kizuna.protocol.values import value
 
 __all__ = [
     "ClientInfo",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StreamPosition:
     """Where a channel's history stands: ``offset`` of the last publication, in ``epoch``.
 
@@ -44,7 +46,7 @@ class StreamPosition:
     epoch: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ClientInfo:
     """Who published, or who joined or left: a user id and a connection id."""
 
@@ -52,7 +54,7 @@ class ClientInfo:
     client: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Publication:
     """One message in a channel. ``data`` is the JSON payload, already encoded.
 
@@ -68,14 +70,14 @@ class Publication:
     traceparent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Connect:
     id: int
     token: str | None = None
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Subscribe:
     id: int
     channel: str
@@ -83,13 +85,13 @@ class Subscribe:
     """When set, recover what was published after this position."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Unsubscribe:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Publish:
     id: int
     channel: str
@@ -97,7 +99,7 @@ class Publish:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class History:
     id: int
     channel: str
@@ -106,24 +108,24 @@ class History:
     reverse: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Presence:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PresenceStats:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ping:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Refresh:
     id: int
     token: str
@@ -142,7 +144,7 @@ Command: TypeAlias = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CommandRejected:
     """A line that named a valid id but could not be turned into a command.
 
