@@ -99,7 +99,8 @@ Command = Callable[[int, dict[str, int]], tuple[list[str], dict[str, str]]]
 class Peer:
     name: str
     protocol: str
-    """The load generator's adapter: ``kizuna`` (native protocol), ``kizuna-sse`` (SSE
+    """The load generator's adapter: ``kizuna`` (native protocol), ``kizuna-batch`` (the same,
+    the publisher packing each millisecond's publishes into one frame), ``kizuna-sse`` (SSE
     subscribers, a native publisher), ``guide`` (section 5) or ``socketio`` (section 3)."""
     command: Command
     """(port, helper ports) -> (argv, extra environment)."""
@@ -129,7 +130,7 @@ class Peer:
     @property
     def authenticated(self) -> bool:
         """Its clients carry a JWT (kizuna's endpoints; the guide's peers have no auth)."""
-        return self.jwt or self.protocol in ("kizuna", "kizuna-sse")
+        return self.jwt or self.protocol in ("kizuna", "kizuna-sse", "kizuna-batch")
 
     def token(self, sub: str = "bench") -> str:
         if not self.authenticated:
@@ -425,6 +426,29 @@ PEERS: dict[str, Peer] = {
             redis=True,
         ),
         Peer(
+            name="kizuna-batched",
+            protocol="kizuna-batch",
+            command=_kizuna_command,
+            description="as `kizuna`, its publisher packing each millisecond's publishes "
+            "into one frame (newline-delimited commands; answered in one frame)",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+        ),
+        Peer(
+            name="kizuna-redis-batched",
+            protocol="kizuna-batch",
+            command=_kizuna_redis_command,
+            description="as `kizuna-redis`, its publisher packing each millisecond's "
+            "publishes into one frame",
+            fanout_channel="bench:fanout",
+            idle_prefix="bench:room-",
+            path="/connection/websocket",
+            python=True,
+            redis=True,
+        ),
+        Peer(
             name="py-websockets-redis",
             protocol="guide",
             command=_py_websockets_redis_command,
@@ -439,7 +463,11 @@ PEERS: dict[str, Peer] = {
     ]
 }
 
-REDIS_TWINS = {"kizuna": "kizuna-redis", "py-websockets": "py-websockets-redis"}
+REDIS_TWINS = {
+    "kizuna": "kizuna-redis",
+    "kizuna-batched": "kizuna-redis-batched",
+    "py-websockets": "py-websockets-redis",
+}
 """The same server with a Redis broker: what a multi-node scenario runs for a peer without."""
 
 

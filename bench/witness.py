@@ -77,7 +77,7 @@ class IdleNodeWitness:
                 "bytesRead": _read_bytes(node.pid),
                 "cpuSeconds": procs.cpu_seconds(node.pid),
             }
-            if node.peer.protocol == "kizuna":
+            if node.peer.protocol in ("kizuna", "kizuna-batch"):
                 figures.update(_kizuna_counters(node.port))
             nodes[name] = figures
         channels = sorted(self.redis.pubsub_channels())

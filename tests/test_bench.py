@@ -196,6 +196,21 @@ def test_connect_scenario_against_a_running_kizuna(tmp_path: Path) -> None:
     assert "External target" in (tmp_path / "results.md").read_text()
 
 
+def test_the_batched_publisher_gets_every_publish_answered(tmp_path: Path) -> None:
+    """kizuna-batched: each millisecond's publishes in one frame; every one is answered and
+    delivered (the probes' 200 in frames of at most 50 commands, then 500 msg/s for 3 s)."""
+    argv = ["--quick", "--scenarios", "channels", "--peers", "kizuna-batched"]
+    assert run.main([*argv, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())["results"]["kizuna-batched"]
+    channels = result["channels"]
+    assert channels["ok"], channels
+    step = channels["step"]
+    assert (step["sent"], step["received"], step["lost"]) == (1500, 1500, 0)
+    # One probe per channel, and more only if a round of probes was not all delivered in time.
+    assert channels["publisherAcks"] >= 1500 + 200
+    assert channels["publisherErrors"] == 0
+
+
 def test_sigterm_unwinds_so_started_processes_are_stopped(tmp_path: Path) -> None:
     """A killed benchmark (``kill``, ``timeout``) must not leave its servers running."""
     script = tmp_path / "victim.py"

@@ -263,11 +263,7 @@ const wsProtocols = {
       }
     },
     publish(client, channel, text) {
-      client.ws.send(
-        `{"id":${++client.nextId},"method":"publish","params":{"channel":${JSON.stringify(
-          channel,
-        )},"data":{"user":"bench","content":"${text}"}}}`,
-      );
+      client.ws.send(kizunaPublish(client, channel, text));
     },
   },
   // The guide's chat protocol (section 5): {type: subscribe|message}; no replies at all, so a
@@ -286,6 +282,31 @@ const wsProtocols = {
   },
 };
 
+function kizunaPublish(client, channel, text) {
+  return `{"id":${++client.nextId},"method":"publish","params":{"channel":${JSON.stringify(
+    channel,
+  )},"data":{"user":"bench","content":"${text}"}}}`;
+}
+
+// kizuna's frames may carry several commands, one per line (docs/protocol.md), answered in
+// order, several replies per frame. The `kizuna-batch` publisher packs each millisecond's
+// publications into one frame (at most BATCH_MAX), as a client that sends one tick's commands
+// together would; the scenarios call adapter.flush after each tick's publications.
+const BATCH_MAX = 50;
+const batchedPublisher = {
+  publish(client, channel, text) {
+    if (!client.batch) client.batch = [];
+    client.batch.push(kizunaPublish(client, channel, text));
+    if (client.batch.length >= BATCH_MAX) batchedPublisher.flush(client);
+  },
+  flush(client) {
+    if (client.batch && client.batch.length) {
+      client.ws.send(client.batch.join('\n'));
+      client.batch = [];
+    }
+  },
+};
+
 function wsAdapter(protocol) {
   return {
     connect: (client) => connectWebSocket(client, protocol),
@@ -296,6 +317,10 @@ function wsAdapter(protocol) {
 const adapters = {
   kizuna: wsAdapter(wsProtocols.kizuna),
   guide: wsAdapter(wsProtocols.guide),
+  'kizuna-batch': {
+    connect: (client) => connectWebSocket(client, wsProtocols.kizuna),
+    ...batchedPublisher,
+  },
   // kizuna's SSE endpoint for subscribers (GET /connection/sse?channels=C, the token in an
   // Authorization header); the publisher stays on kizuna's native WebSocket, so only the
   // subscribers' transport differs from the `kizuna` adapter.
@@ -564,6 +589,7 @@ async function probe(publisher, channels, subscribers, timeoutMs) {
   let seq = 0;
   while (probedCount < subscribers && performance.now() < deadline) {
     for (const channel of channels) adapter.publish(publisher, channel, content(0, ++seq));
+    adapter.flush?.(publisher);
     await until(() => probedCount >= subscribers, 250);
   }
   return probedCount >= subscribers;
@@ -712,6 +738,7 @@ async function runStep(
     function tick() {
       const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
       while (sent < due) adapter.publish(publisher, route.channel(), content(stepId, ++sent));
+      adapter.flush?.(publisher);
       if (sent >= total) resolve();
       else setTimeout(tick, 1);
     }
