@@ -9,6 +9,8 @@ killed while idle, the script cache being flushed.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -167,3 +169,30 @@ async def test_a_reply_its_converter_cannot_read_fails_only_its_own_command(
     assert isinstance(results[1], BrokerError) and not isinstance(results[1], BrokerUnavailable)
     assert isinstance(results[1].__cause__, ValueError)
     assert results[2] == b"after"
+
+
+async def test_a_batch_redis_does_not_answer_fails_after_the_timeout_and_the_next_goes_on(
+    own_redis: StartRedis,
+) -> None:
+    """One watchdog timer bounds every batch: a batch sent to a silent (stopped) Redis fails
+    with BrokerUnavailable between 1 and 1.5 timeouts; the pipeline is not cancelled by it,
+    and the next batch, on a new connection, is answered once Redis is back."""
+    redis = own_redis()
+    pipeline = PublishPipeline(lambda: Connection(host="127.0.0.1", port=redis.port), timeout=0.4)
+    assert redis.process is not None
+    try:
+        assert await pipeline.send("PING") == b"PONG"
+        os.kill(redis.process.pid, signal.SIGSTOP)  # connected, alive, silent
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            silent = pipeline.send("ECHO", "lost")
+            with pytest.raises(BrokerUnavailable, match=r"did not answer within 0\.4 s"):
+                await asyncio.wait_for(silent, 5)
+            assert 0.4 <= loop.time() - started < 0.4 * 1.5 + 0.2
+            later = pipeline.send("ECHO", "later")  # queued while Redis is still stopped
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(later, 5) == b"later"
+    finally:
+        await pipeline.close()

@@ -30,7 +30,10 @@ Theory of operation
    publication back on any connection (read-your-writes), and a publication
    whose reply was not read is never reported as published.
 4. Failures: when the connection fails or a batch is not answered within
-   ``timeout`` (the broker's ``socket_timeout``), every command whose reply
+   ``timeout`` (the broker's ``socket_timeout``; checked by one watchdog timer
+   every ``timeout / 2``, so a batch fails after between 1 and 1.5 ``timeout``:
+   a timeout of its own cost each batch a timer and a ``getpid`` syscall, about
+   4 µs — per publish when publishes come one at a time), every command whose reply
    was not read fails with :class:`BrokerUnavailable` — it may or may not have
    been applied, exactly as with a reply lost before — and the connection is
    dropped; the next batch connects anew. Nothing is retried: a retried
@@ -108,6 +111,11 @@ class PublishPipeline:
         self._script_loaded = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._in_flight_since: float | None = None
+        """When the batch being exchanged started (loop time); None between batches."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
+        """The watchdog cancelled the writer: its CancelledError means "timed out"."""
 
     def send(self, *command: Any, convert: Convert | None = None) -> asyncio.Future[Any]:
         """Queue ``command``; the future gets its reply (``convert(reply)`` if given), or a
@@ -127,6 +135,8 @@ class PublishPipeline:
         self._queue.append((command, future, convert))
         if self._writer is None:
             self._writer = loop.create_task(self._write())
+            if self._watchdog is None and self._timeout is not None:
+                self._watchdog = loop.call_later(self._timeout / 2, self._watch)
         return future
 
     def send_script(
@@ -139,6 +149,10 @@ class PublishPipeline:
     async def close(self) -> None:
         """Fail what is queued, stop the writer, drop the connection."""
         self._closed = True
+        self._timed_out = False  # a cancel from here on is close's own
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         writer = self._writer
         if writer is not None:
             writer.cancel()
@@ -149,6 +163,17 @@ class PublishPipeline:
         self._drop()
 
     # --- the writer ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Every ``timeout / 2`` while a writer runs: cancel a batch that has waited too long."""
+        self._watchdog = None
+        writer, since, loop = self._writer, self._in_flight_since, self._loop
+        if writer is None or loop is None or self._timeout is None:
+            return  # idle: the next send starts the watchdog again
+        if since is not None and loop.time() - since > self._timeout and not self._timed_out:
+            self._timed_out = True
+            writer.cancel()
+        self._watchdog = loop.call_later(self._timeout / 2, self._watch)
 
     async def _write(self) -> None:
         try:
@@ -164,45 +189,58 @@ class PublishPipeline:
     ) -> None:
         """Write ``batch``, resolve each future from its reply (module doc, 2 and 4)."""
         answered = 0
+        assert self._loop is not None
+        self._in_flight_since = self._loop.time()
         try:
-            async with asyncio.timeout(self._timeout):
-                conn = await self._connection()
-                commands = [command for command, _, _ in batch]
-                load = self._script is not None and not self._script_loaded
-                load = load and any(command[0] is _EVALSHA for command in commands)
-                if load:
-                    assert self._script is not None
-                    commands.insert(0, ("SCRIPT", "LOAD", self._script[1]))
-                await self._send(conn, _pack(conn, commands))
-                replies = _Replies(conn)
-                if load:
-                    reply = await replies.next()
-                    if isinstance(reply, Exception):
-                        raise reply
-                    self._script_loaded = True
-                for _, future, convert in batch:
-                    reply = await replies.next()
-                    answered += 1
-                    if future.done():  # the caller gave up waiting; the command ran anyway
-                        continue
-                    if isinstance(reply, Exception):
-                        future.set_exception(self._failure(reply))
-                    elif convert is None:
-                        future.set_result(reply)
-                    else:
-                        _resolve(future, convert, reply)
+            # No timeout here: the watchdog (_watch) bounds the exchange.
+            conn = await self._connection()
+            commands = [command for command, _, _ in batch]
+            load = self._script is not None and not self._script_loaded
+            load = load and any(command[0] is _EVALSHA for command in commands)
+            if load:
+                assert self._script is not None
+                commands.insert(0, ("SCRIPT", "LOAD", self._script[1]))
+            await self._send(conn, _pack(conn, commands))
+            replies = _Replies(conn)
+            if load:
+                reply = await replies.next()
+                if isinstance(reply, Exception):
+                    raise reply
+                self._script_loaded = True
+            for _, future, convert in batch:
+                reply = await replies.next()
+                answered += 1
+                if future.done():  # the caller gave up waiting; the command ran anyway
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(self._failure(reply))
+                elif convert is None:
+                    future.set_result(reply)
+                else:
+                    _resolve(future, convert, reply)
         except BaseException as exc:
             self._drop()
-            if isinstance(exc, (*UNAVAILABLE, asyncio.CancelledError)):
-                error: BrokerError = BrokerUnavailable(f"redis unavailable: {exc!r}")
+            timed_out = self._timed_out and isinstance(exc, asyncio.CancelledError)
+            if timed_out:
+                self._timed_out = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # the watchdog's cancel, not the caller's: carry on
+                error: BrokerError = BrokerUnavailable(
+                    f"redis did not answer within {self._timeout} s"
+                )
+            elif isinstance(exc, (*UNAVAILABLE, asyncio.CancelledError)):
+                error = BrokerUnavailable(f"redis unavailable: {exc!r}")
             else:
                 if not isinstance(exc, RedisError):
                     log.exception("redis: publishing a batch failed")
                 error = BrokerError(f"redis error: {exc!r}")
             error.__cause__ = exc
             self._fail(batch[answered:], error)
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError) and not timed_out:
                 raise
+        finally:
+            self._in_flight_since = None
 
     async def _connection(self) -> AbstractConnection:
         """The pipeline's connection; a new one if there is none or it was closed meanwhile."""
