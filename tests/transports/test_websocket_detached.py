@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 import websockets
+from websockets.frames import Frame, Opcode
 
 from kizuna.core.auth import mint_token
 from kizuna.core.client import Client
@@ -394,3 +395,50 @@ async def test_keepalive_pings_run_on_the_nodes_timer() -> None:
             await ws.close()
         await until_no_clients(server)
         assert len(server.node.deadlines) == 0  # nothing left on the timer for them
+
+
+async def test_whole_text_frames_skip_uvicorns_asgi_message(
+    served: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DetachableWebSocketProtocol.handle_text hands a whole text frame straight to the inbox:
+    no ASGI message dict, no pause-and-resume of reading per frame."""
+    _, url = served
+    ws = await connected(url, "direct")
+    via_asgi = 0
+    original = DetachableWebSocketProtocol.send_receive_event_to_app
+
+    def counted(self: DetachableWebSocketProtocol) -> None:
+        nonlocal via_asgi
+        via_asgi += 1
+        original(self)
+
+    monkeypatch.setattr(DetachableWebSocketProtocol, "send_receive_event_to_app", counted)
+    for cid in range(2, 12):
+        await ws.send(orjson.dumps({"id": cid, "method": "ping", "params": {}}).decode())
+    assert await reply_ids(ws, 10) == list(range(2, 12))
+    assert via_asgi == 0
+    await ws.close()
+
+
+async def test_a_fragmented_message_is_one_frame_of_commands(served: tuple[Server, str]) -> None:
+    """Fragments take uvicorn's path (it joins them); the commands in them are answered."""
+    _, url = served
+    ws = await connected(url, "fragments")
+    text = '{"id": 2, "method": "ping", "params": {}}\n{"id": 3, "method": "ping", "params": {}}'
+    await ws.send([text[:10], text[10:30], text[30:]])  # one message in three frames
+    assert await reply_ids(ws, 2) == [2, 3]
+    await ws.close()
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(served: tuple[Server, str]) -> None:
+    """As uvicorn answers it; the other connections go on."""
+    _, url = served
+    bystander = await connected(url, "bystander")
+    ws = await connected(url, "bad-utf8")
+    ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"id": 2, "method": "\xff"}'))
+    ws.send_data()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert (await command(bystander, 2, "ping"))["id"] == 2
+    await bystander.close()

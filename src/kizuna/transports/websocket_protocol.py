@@ -34,6 +34,7 @@ from uvicorn.protocols.utils import (
 )
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
+from websockets.frames import Frame
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
@@ -144,29 +145,35 @@ class Inbox:
         self._closed_code: int | None = None
 
     def put_nowait(self, message: dict[str, Any]) -> None:
+        """uvicorn's ``queue.put_nowait``: a received message, or the disconnect."""
         if self._closed_code is not None:
             return  # the end has been handed over; nothing comes after it
         kind = message["type"]
         if kind == "websocket.receive":
             data = message.get("text")
-            frame = data if data is not None else message.get("bytes") or b""
-            if self._task is not None:
-                self._pending.append(frame)
-                return
-            # Nothing ahead of this frame: handle it now, and start a task only for a
-            # command that has to wait (most frames of a busy connection do not).
-            try:
-                rest = self._handler.handle_frame_nowait(frame)
-            except Exception:
-                self._failed()
-                self._end(1011)
-                return
-            if rest is not None:
-                self._task = self._protocol.loop.create_task(self._drain(rest))
+            self.receive(data if data is not None else message.get("bytes") or b"")
         elif kind == "websocket.disconnect":
             self._closed_code = int(message.get("code", 1006))
             if self._task is None:
                 self._end(self._closed_code)
+
+    def receive(self, frame: bytes | str) -> None:
+        """One whole message, in order after the ones before it."""
+        if self._closed_code is not None:
+            return
+        if self._task is not None:
+            self._pending.append(frame)
+            return
+        # Nothing ahead of this frame: handle it now, and start a task only for a
+        # command that has to wait (most frames of a busy connection do not).
+        try:
+            rest = self._handler.handle_frame_nowait(frame)
+        except Exception:
+            self._failed()
+            self._end(1011)
+            return
+        if rest is not None:
+            self._task = self._protocol.loop.create_task(self._drain(rest))
 
     def empty(self) -> bool:
         return not self._pending
@@ -422,6 +429,29 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
             conn.parser = FrameProtocol.parse(conn)
             next(conn.parser)
+
+    def handle_text(self, event: Frame) -> None:
+        """A whole text message goes straight to the inbox while it has room.
+
+        uvicorn's own path builds an ASGI message dict for the inbox to take apart
+        and pauses reading after every message (send_receive_event_to_app); for the
+        common case — one unfragmented frame, reading on, not closing — this is the
+        same, minus those. Fragments, a full inbox, a closing connection and
+        invalid UTF-8 (uvicorn answers 1007) take uvicorn's path.
+        """
+        inbox = self.inbox
+        if inbox is None or not event.fin or self.read_paused or self.close_sent or self.frames:
+            super().handle_text(event)
+            return
+        if not inbox.has_room():
+            super().handle_text(event)
+            return
+        try:
+            text = bytes(event.data).decode()
+        except UnicodeDecodeError:
+            super().handle_text(event)
+            return
+        inbox.receive(text)
 
     def send_receive_event_to_app(self) -> None:
         inbox = self.inbox
