@@ -91,6 +91,7 @@ class Client:
     __slots__ = (
         "_deadline",
         "_queue",
+        "_queue_limit",
         "_queued_bytes",
         "_refilled_at",
         "_refused",
@@ -133,6 +134,7 @@ class Client:
         self._queue: list[bytes | memoryview] = []
         """Encoded messages; memoryviews are publications a drop-oldest policy may shed."""
         self._queued_bytes = 0
+        self._queue_limit = node.options.client_queue_max_bytes
         self._writer: asyncio.Task[None] | None = None
         self._scheduled = False
         """Queued messages wait for the node's flush or this connection's writer task."""
@@ -196,7 +198,7 @@ class Client:
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
-        if self._queued_bytes > self.node.options.client_queue_max_bytes:
+        if self._queued_bytes > self._queue_limit:
             self._overflow()
         elif not self._scheduled:
             self._scheduled = True
@@ -213,7 +215,7 @@ class Client:
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
-        limit = self.node.options.client_queue_max_bytes
+        limit = self._queue_limit
         if self._queued_bytes > limit:
             kept: list[bytes | memoryview] = []
             dropped = 0
@@ -418,14 +420,15 @@ class Client:
         (subscribe) or closed the connection; or the error it is answered with.
         """
         error = 0
-        if isinstance(outcome, ProtocolError):
+        if type(outcome) is dict:  # the usual case first
+            if self.state is not ClientState.CLOSED:
+                self.enqueue(codec.encode_reply(command.id, outcome))
+        elif isinstance(outcome, ProtocolError):
             error = outcome.code
             self.enqueue(codec.encode_error_reply(command.id, error, outcome.message))
         elif isinstance(outcome, BrokerError):
             error = ErrorCode.BROKER_UNAVAILABLE
             self.enqueue(codec.encode_error_reply(command.id, error, ErrorCode(error).description))
-        elif isinstance(outcome, dict) and self.state is not ClientState.CLOSED:
-            self.enqueue(codec.encode_reply(command.id, outcome))
         self.node.events.command_handled(
             self.transport.name, _METHOD_NAMES[type(command)], time.perf_counter() - started, error
         )
