@@ -15,7 +15,8 @@ Two workloads:
   and one publisher that sends N publications to channels drawn at random (seeded), five
   at a time, each burst waited for until every delivery (and, on kizuna, every reply) is
   in (scenario D). Both runs open the same subscribers; the difference is the publishes.
-  ``--peer py-websockets`` counts the Python peer's server the same way.
+  ``--peer py-websockets`` counts the Python peer's server the same way, ``--peer
+  kizuna-redis`` kizuna on a private redis-server (Redis itself is not counted).
 
 Run: ``python -m bench.instructions [--connects 500 | --publishes 2000] [--src DIR]``
 (DIR: a checkout's ``src``, for the other side of an A/B). Needs valgrind (Debian's
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -33,7 +35,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +212,10 @@ def _kizuna_argv(port: int) -> list[str]:
     ]
 
 
-def _server_argv(peer: str, port: int) -> list[str]:
+def _server_argv(peer: str, port: int, redis_port: int | None = None) -> list[str]:
     if PEERS[peer].protocol == "kizuna":
-        return _kizuna_argv(port)
+        broker = [] if redis_port is None else [f"--broker=redis://127.0.0.1:{redis_port}/0"]
+        return [*_kizuna_argv(port), *broker]
     argv, _ = PEERS[peer].command(port, {})
     if argv[0] != sys.executable or not PEERS[peer].python:
         raise SystemExit(f"{peer}: only kizuna and the Python peers without helpers run here")
@@ -237,6 +241,24 @@ def _count(argv: list[str], src: Path | None, port: int, work: Workload) -> int:
     return int(found.group(1))
 
 
+@contextlib.contextmanager
+def _redis_if(needed: bool) -> Iterator[int | None]:
+    """A private redis-server on a free port for a Redis peer (not counted: not under valgrind)."""
+    if not needed:
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        redis = subprocess.Popen([*argv, "--dir", directory], stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, redis)
+            yield port
+        finally:
+            redis.terminate()
+            redis.wait(10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     what = parser.add_mutually_exclusive_group()
@@ -244,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--publishes", type=int, default=None)
     parser.add_argument("--in-flight", type=int, default=20, help="handshakes at a time")
     parser.add_argument("--subscribers", type=int, default=200, help="with --publishes")
-    parser.add_argument("--peer", default="kizuna", help="with --publishes: kizuna, py-websockets")
+    parser.add_argument(
+        "--peer",
+        default="kizuna",
+        help="with --publishes: kizuna, kizuna-redis (a private redis-server), py-websockets",
+    )
     parser.add_argument("--src", type=Path, default=None, help="a checkout's src/ to measure")
     args = parser.parse_args(argv)
     if args.publishes is None:
@@ -255,15 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n = args.publishes
         unit = "publish"
-        idle, busy = (
-            _count(
-                _server_argv(args.peer, port),
-                args.src,
-                port,
-                functools.partial(publishes, peer=args.peer, subscribers=args.subscribers, count=k),
+        with _redis_if(PEERS[args.peer].redis) as redis_port:
+            idle, busy = (
+                _count(
+                    _server_argv(args.peer, port, redis_port),
+                    args.src,
+                    port,
+                    functools.partial(
+                        publishes, peer=args.peer, subscribers=args.subscribers, count=k
+                    ),
+                )
+                for k, port in ((0, free_port()), (n, free_port()))
             )
-            for k, port in ((0, free_port()), (n, free_port()))
-        )
     print(f"set-up and exit: {idle:,} instructions")
     print(f"with {n} {unit}{'e' if unit == 'publish' else ''}s: {busy:,}")
     print(f"per {unit}: {(busy - idle) / n:,.0f}")

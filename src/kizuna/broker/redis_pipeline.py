@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -193,14 +193,18 @@ class PublishPipeline:
         self._in_flight_since = self._loop.time()
         try:
             # No timeout here: the watchdog (_watch) bounds the exchange.
-            conn = await self._connection()
+            conn = self._conn
+            if conn is None or not _usable(conn):
+                conn = await self._reconnect()
             commands = [command for command, _, _ in batch]
             load = self._script is not None and not self._script_loaded
             load = load and any(command[0] is _EVALSHA for command in commands)
             if load:
                 assert self._script is not None
                 commands.insert(0, ("SCRIPT", "LOAD", self._script[1]))
-            await self._send(conn, _pack(conn, commands))
+            drain = self._send(conn, _pack(conn, commands))
+            if drain is not None:
+                await drain
             replies = _Replies(conn)
             if load:
                 reply = await replies.next()
@@ -208,7 +212,9 @@ class PublishPipeline:
                     raise reply
                 self._script_loaded = True
             for _, future, convert in batch:
-                reply = await replies.next()
+                reply = replies.ready()
+                if reply is NOT_ENOUGH_DATA:
+                    reply = await replies.next()
                 answered += 1
                 if future.done():  # the caller gave up waiting; the command ran anyway
                     continue
@@ -242,11 +248,8 @@ class PublishPipeline:
         finally:
             self._in_flight_since = None
 
-    async def _connection(self) -> AbstractConnection:
-        """The pipeline's connection; a new one if there is none or it was closed meanwhile."""
-        conn = self._conn
-        if conn is not None and _usable(conn):
-            return conn
+    async def _reconnect(self) -> AbstractConnection:
+        """A new connection: there was none, or it was closed meanwhile."""
         self._drop()
         conn = self._connect()
         self._conn = conn
@@ -255,14 +258,21 @@ class PublishPipeline:
         return conn
 
     @staticmethod
-    async def _send(conn: AbstractConnection, chunks: list[bytes]) -> None:
-        """One write of every chunk (redis-py's send wraps each write in a task with a timeout)."""
+    def _send(conn: AbstractConnection, chunks: list[bytes]) -> Awaitable[None] | None:
+        """One write of every chunk (redis-py's send wraps each write in a task with a timeout).
+
+        Returns what to await before reading the replies: the stream's ``drain`` only when
+        the transport holds a backlog (a coroutine and a check of the socket otherwise).
+        """
         writer = getattr(conn, "_writer", None)
         if isinstance(writer, asyncio.StreamWriter):
             writer.writelines(chunks)
-            await writer.drain()
-        else:  # pragma: no cover - redis-py's internals changed
-            await conn.send_packed_command(chunks, check_health=False)
+            transport = writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                return writer.drain()
+            return None
+        # pragma: no cover - redis-py's internals changed
+        return conn.send_packed_command(chunks, check_health=False)
 
     def _failure(self, reply: Exception) -> BrokerError:
         error: BrokerError
@@ -337,6 +347,13 @@ class _Replies:
         self._stream: asyncio.StreamReader | None = None
         if source is not None:
             self._reader, self._stream = source
+
+    def ready(self) -> Any:
+        """The next reply if it is already read, else ``NOT_ENOUGH_DATA`` (then: :meth:`next`)."""
+        reader = self._reader
+        if reader is None or self._stream is None:
+            return NOT_ENOUGH_DATA
+        return reader.gets()
 
     async def next(self) -> Any:
         reader = self._reader
