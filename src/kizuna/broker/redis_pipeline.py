@@ -265,14 +265,13 @@ class PublishPipeline:
         the transport holds a backlog (a coroutine and a check of the socket otherwise).
         """
         writer = getattr(conn, "_writer", None)
-        if isinstance(writer, asyncio.StreamWriter):
-            writer.writelines(chunks)
-            transport = writer.transport
-            if transport.is_closing() or transport.get_write_buffer_size():
-                return writer.drain()
-            return None
-        # pragma: no cover - redis-py's internals changed
-        return conn.send_packed_command(chunks, check_health=False)
+        if not isinstance(writer, asyncio.StreamWriter):  # pragma: no cover - redis-py changed
+            return conn.send_packed_command(chunks, check_health=False)
+        writer.writelines(chunks)
+        transport = writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return writer.drain()
+        return None
 
     def _failure(self, reply: Exception) -> BrokerError:
         error: BrokerError

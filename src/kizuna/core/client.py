@@ -368,7 +368,7 @@ class Client:
         if self.state is ClientState.CONNECTING and type(command) is not Connect:
             return self.close(DisconnectCode.BAD_REQUEST, "connect first")
         if type(command) is Publish and self.node.pipelines_publishes:
-            return self._publish_now(command, started)
+            return self._pipeline_publish(command, started)
         if self._replies:  # the barrier (module doc, "Pipelined publishes", 3)
             return self._after_replies(command, started)
         if not self.allow_command():
@@ -435,7 +435,9 @@ class Client:
 
     # --- pipelined publishes (module doc) -----------------------------------------------
 
-    def _publish_now(self, command: Publish, started: float) -> Coroutine[Any, Any, None] | None:
+    def _pipeline_publish(
+        self, command: Publish, started: float
+    ) -> Coroutine[Any, Any, None] | None:
         """Hand ``command`` to the broker in the call, if the broker takes it so.
 
         Only when the node :attr:`~kizuna.core.node.Node.pipelines_publishes`. Returns
@@ -462,7 +464,7 @@ class Client:
         await self._wait_for_replies(MAX_PIPELINED_PUBLISHES - 1)
         if self.state is ClientState.CLOSED:
             return
-        rest = self._publish_now(command, started)
+        rest = self._pipeline_publish(command, started)
         if rest is not None:
             await rest
 

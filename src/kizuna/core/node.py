@@ -110,7 +110,7 @@ class Node:
         self.pipelines_publishes = broker.pipelines_publishes
         """The broker fixes a publish's place in its order when :meth:`publish` is called,
         before the first await (an optional capability: redis.RedisBroker on standalone
-        Redis). Then a client's publishes may overlap (client.Client._publish_now)
+        Redis). Then a client's publishes may overlap (client.Client._pipeline_publish)
         and still be applied in command order; other brokers run them one at a time."""
         self.publishes_in_call = broker.publishes_in_call and tracer is None
         """The broker publishes before the call returns (memory), and no span has to be

@@ -440,10 +440,14 @@ class DetachableWebSocketProtocol(WebSocketsSansIOProtocol):
         invalid UTF-8 (uvicorn answers 1007) take uvicorn's path.
         """
         inbox = self.inbox
-        if inbox is None or not event.fin or self.read_paused or self.close_sent or self.frames:
-            super().handle_text(event)
-            return
-        if not inbox.has_room():
+        whole = event.fin and not self.frames
+        if (
+            inbox is None
+            or not whole
+            or self.read_paused
+            or self.close_sent
+            or not inbox.has_room()
+        ):
             super().handle_text(event)
             return
         try:
