@@ -216,9 +216,12 @@ def _server_argv(peer: str, port: int, redis_port: int | None = None) -> list[st
     if PEERS[peer].protocol == "kizuna":
         broker = [] if redis_port is None else [f"--broker=redis://127.0.0.1:{redis_port}/0"]
         return [*_kizuna_argv(port), *broker]
+    refused = SystemExit(f"{peer}: only kizuna, kizuna-redis and py-websockets run here")
+    if PEERS[peer].redis or not PEERS[peer].python:
+        raise refused  # a helper (Redis) it would need, or not a Python server
     argv, _ = PEERS[peer].command(port, {})
-    if argv[0] != sys.executable or not PEERS[peer].python:
-        raise SystemExit(f"{peer}: only kizuna and the Python peers without helpers run here")
+    if argv[0] != sys.executable:
+        raise refused
     return argv
 
 

@@ -481,13 +481,7 @@ class Client:
         """
         try:
             options = self.node.rules.check_publish(command.channel, self.credentials)
-            future = self.node.publish_nowait(
-                command.channel,
-                command.data,
-                info=self.info,
-                idempotency_key=command.idempotency_key,
-                options=options,
-            )
+            future = self.node.publish_nowait(command, self.info, options)
         except ProtocolError as exc:
             self._answer_publish(command, pending, started, exc)
             return
@@ -659,14 +653,7 @@ class Client:
     def _publish_in_call(self, cmd: Publish) -> dict[str, Any]:
         """:meth:`_publish` on a broker that publishes in the call (Node.publishes_in_call)."""
         options = self.node.rules.check_publish(cmd.channel, self.credentials)
-        position = self.node.publish_now(
-            cmd.channel,
-            cmd.data,
-            info=self.info,
-            idempotency_key=cmd.idempotency_key,
-            options=options,
-        )
-        return position_result(position)
+        return position_result(self.node.publish_now(cmd, self.info, options))
 
     async def _publish(self, cmd: Publish) -> dict[str, Any]:
         options = self.node.rules.check_publish(cmd.channel, self.credentials)

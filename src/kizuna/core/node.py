@@ -53,7 +53,7 @@ from kizuna.core.revocation import (
 from kizuna.exceptions import AuthError, BrokerError, ProtocolError
 from kizuna.protocol import codec
 from kizuna.protocol.codes import DisconnectCode, ErrorCode
-from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
+from kizuna.protocol.messages import ClientInfo, Publication, Publish, StreamPosition
 
 __all__ = ["Node", "Subscription", "continues"]
 
@@ -495,30 +495,20 @@ class Node:
         return position
 
     def publish_now(
-        self,
-        channel: str,
-        data: bytes,
-        *,
-        info: ClientInfo | None,
-        idempotency_key: str | None,
-        options: NamespaceOptions,
+        self, cmd: Publish, info: ClientInfo, options: NamespaceOptions
     ) -> StreamPosition:
-        """:meth:`publish` done in the call; only when :attr:`publishes_in_call`."""
-        pub = Publication(data, 0, info, time.time())
-        position = self.broker.publish_now(channel, pub, _publish_options(options, idempotency_key))
+        """A client's :meth:`publish`, done in the call; only when :attr:`publishes_in_call`."""
+        pub = Publication(cmd.data, 0, info, time.time())
+        kept = _publish_options(options, cmd.idempotency_key)
+        position = self.broker.publish_now(cmd.channel, pub, kept)
         self.events.broker_operation("publish", True)
         return position
 
     def publish_nowait(
-        self,
-        channel: str,
-        data: bytes,
-        *,
-        info: ClientInfo | None,
-        idempotency_key: str | None,
-        options: NamespaceOptions,
+        self, cmd: Publish, info: ClientInfo, options: NamespaceOptions
     ) -> asyncio.Future[StreamPosition] | None:
-        """:meth:`publish` started in the call, for a broker that :attr:`pipelines_publishes`.
+        """A client's :meth:`publish` started in the call, for a broker that
+        :attr:`pipelines_publishes`.
 
         No coroutine and no task per publish (a client's pipelined publishes,
         client.py): the future resolves when the broker answers; read it with
@@ -526,8 +516,10 @@ class Node:
         """
         if self.tracing or not self.pipelines_publishes:
             return None
-        pub = Publication(data, 0, info, time.time())
-        return self.broker.publish_nowait(channel, pub, _publish_options(options, idempotency_key))
+        pub = Publication(cmd.data, 0, info, time.time())
+        return self.broker.publish_nowait(
+            cmd.channel, pub, _publish_options(options, cmd.idempotency_key)
+        )
 
     def publish_outcome(self, future: asyncio.Future[StreamPosition]) -> StreamPosition:
         """The position of a finished :meth:`publish_nowait`, or its error, raised; counted."""
