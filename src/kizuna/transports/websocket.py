@@ -16,6 +16,7 @@ this module only moves frames between ASGI and :class:`~kizuna.core.client.Clien
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from websockets.frames import Frame, Opcode
@@ -42,7 +43,7 @@ class _LastFrame:
     object to every subscriber of a publication one after another — or, when
     several messages were queued, equal bytes joined per subscriber (compared in
     C: far cheaper than framing again). The ``websockets`` library frames it once
-    (``Frame.serialize``), and the other subscribers get those bytes.
+    (its header via :func:`_text_header`), and the other subscribers get those bytes.
     """
 
     __slots__ = ("_frame", "_wire")
@@ -53,9 +54,23 @@ class _LastFrame:
 
     def text_frame(self, frame: bytes) -> bytes:
         if frame is not self._frame and frame != self._frame:
-            self._wire = Frame(Opcode.TEXT, frame).serialize(mask=False)
+            self._wire = _text_header(len(frame)) + frame
             self._frame = frame
         return self._wire
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_header(length: int) -> bytes:
+    """The header ``websockets`` puts before an unmasked text payload of ``length`` bytes.
+
+    Everything in an unmasked frame but its payload depends only on the payload's
+    length, and a server's messages come in a few thousand lengths at most; the library
+    still frames (``Frame.serialize`` of a payload that long), once per length. One
+    ``serialize`` took 0.69 µs against 0.08 µs for this lookup and the concatenation —
+    it ran twice per publish to a channel of one (the delivery and the reply).
+    """
+    wire = Frame(Opcode.TEXT, bytes(length)).serialize(mask=False)
+    return wire[: len(wire) - length]
 
 
 _wire = _LastFrame()
