@@ -56,8 +56,9 @@ def test_tallied_histograms_match_the_librarys_own_observe() -> None:
         ours = Histogram("h", "h", buckets=buckets, registry=ours_registry)
         theirs = Histogram("h", "h", buckets=buckets, registry=theirs_registry)
         tally = Tally()
+        observed = tally.histogram(ours)
         for value in values:
-            tally.observe(ours, value)
+            observed.add(value)
             theirs.observe(value)
         tally.flush()
         for bound in [*buckets, math.inf]:
@@ -67,6 +68,11 @@ def test_tallied_histograms_match_the_librarys_own_observe() -> None:
             ), le
         assert ours_registry.get_sample_value("h_sum") == theirs_registry.get_sample_value("h_sum")
         assert ours_registry.get_sample_value("h_count") == len(values)
+        observed.add(0.003)  # tallied afresh after a flush; a flush adds nothing twice
+        tally.flush()
+        tally.flush()
+        assert ours_registry.get_sample_value("h_count") == len(values) + 1
+        assert ours_registry.get_sample_value("h_sum") == sum(values) + 0.003
 
 
 def test_connections_opened_and_closed_reach_the_registry_with_one_lookup_per_label_set() -> None:

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kizuna.observability.runtime import register_runtime
-from kizuna.observability.tally import Tally, TallyCollector
+from kizuna.observability.tally import Counted, Observed, Tally, TallyCollector
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -177,11 +177,12 @@ class Metrics:
             ["limit"],
             registry=r,
         )
-        self._writes: dict[str, tuple[Any, Any, Any]] = {}
-        self._fanouts: dict[str, tuple[Any, Any, Any]] = {}
-        self._commands: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._operations: dict[str, Any] = {}
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # The tallies of the hot path's labelled children, per label set (tally.py).
+        self._writes: dict[str, tuple[Counted, Counted, Counted]] = {}
+        self._fanouts: dict[str, tuple[Counted, Counted, Observed, Any]] = {}
+        self._commands: dict[tuple[str, str], tuple[Observed, Counted]] = {}
+        self._operations: dict[str, Counted] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Counted] = {}
 
     def prepare(self, transports: list[str], namespaces: list[str]) -> None:
         """Export every known label set at 0 from the start.
@@ -214,28 +215,30 @@ class Metrics:
 
     # --- NodeEvents ----------------------------------------------------------------------
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once per label set.
+    def _counted(self, metric: Any, *labels: str) -> Counted:
+        """The tally of ``metric.labels(*labels)``, looked up once per label set.
 
         ``labels()`` validates, locks and hashes on every call; a connection's
         open and close would take four of them (tests/observability/test_metrics_tally.py).
         """
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[(metric, labels)] = metric.labels(*labels)
-        return child
+        counted = self._children.get((metric, labels))
+        if counted is None:
+            counted = self._children[(metric, labels)] = self._tally.counter(
+                metric.labels(*labels)
+            )
+        return counted
 
     def connection_opened(self, transport: str, namespace: str) -> None:
-        self._tally.inc(self._child(self.connections, transport, "accepted"))
-        self._tally.inc(self._child(self.active, transport, namespace))
+        self._counted(self.connections, transport, "accepted").n += 1
+        self._counted(self.active, transport, namespace).n += 1
 
     def connection_rejected(self, transport: str, code: int) -> None:
-        self._tally.inc(self._child(self.connections, transport, "rejected"))
-        self._tally.inc(self._child(self.errors, transport, str(code)))
+        self._counted(self.connections, transport, "rejected").n += 1
+        self._counted(self.errors, transport, str(code)).n += 1
 
     def connection_closed(self, transport: str, namespace: str, code: int) -> None:
-        self._tally.inc(self._child(self.active, transport, namespace), -1)
-        self._tally.inc(self._child(self.disconnections, transport, str(code)))
+        self._counted(self.active, transport, namespace).n -= 1
+        self._counted(self.disconnections, transport, str(code)).n += 1
 
     def command_handled(self, transport: str, method: str, seconds: float, error: int) -> None:
         # Every command comes here: the labelled children are looked up once per
@@ -243,12 +246,12 @@ class Metrics:
         bound = self._commands.get((transport, method))
         if bound is None:
             bound = self._commands[(transport, method)] = (
-                self.message_duration.labels(transport, method),
-                self.commands.labels(transport, method),
+                self._tally.histogram(self.message_duration.labels(transport, method)),
+                self._tally.counter(self.commands.labels(transport, method)),
             )
-        tally = self._tally
-        tally.observe(bound[0], seconds)
-        tally.inc(bound[1])
+        duration, count = bound
+        duration.add(seconds)
+        count.n += 1
         if error:
             self.errors.labels(transport, str(error)).inc()
 
@@ -257,20 +260,22 @@ class Metrics:
     ) -> None:
         bound = self._fanouts.get(namespace)
         if bound is None:
+            latency_child = self.delivery_latency.labels(namespace)
             bound = self._fanouts[namespace] = (
-                self.deliveries.labels(namespace),
-                self.publications.labels(namespace),
-                self.delivery_latency.labels(namespace),
+                self._tally.counter(self.deliveries.labels(namespace)),
+                self._tally.counter(self.publications.labels(namespace)),
+                self._tally.histogram(latency_child),
+                latency_child,
             )
-        tally = self._tally
-        tally.inc(bound[0], recipients)
-        tally.inc(bound[1])
+        deliveries, publications, latencies, latency_child = bound
+        deliveries.n += recipients
+        publications.n += 1
         if latency > 0:
             if traceparent is not None:
                 # traceparent is version-traceid-spanid-flags: the exemplar links to the trace.
-                bound[2].observe(latency, {"trace_id": traceparent[3:35]})
+                latency_child.observe(latency, {"trace_id": traceparent[3:35]})
             else:
-                tally.observe(bound[2], latency)
+                latencies.add(latency)
 
     def slow_client(self, transport: str) -> None:
         self.slow_clients.labels(transport).inc()
@@ -283,14 +288,14 @@ class Metrics:
         bound = self._writes.get(transport)
         if bound is None:
             bound = self._writes[transport] = (
-                self.messages_sent.labels(transport),
-                self.frames_sent.labels(transport),
-                self.bytes_sent.labels(transport),
+                self._tally.counter(self.messages_sent.labels(transport)),
+                self._tally.counter(self.frames_sent.labels(transport)),
+                self._tally.counter(self.bytes_sent.labels(transport)),
             )
-        tally = self._tally
-        tally.inc(bound[0], messages)
-        tally.inc(bound[1], frames)
-        tally.inc(bound[2], nbytes)
+        sent_messages, sent_frames, sent_bytes = bound
+        sent_messages.n += messages
+        sent_frames.n += frames
+        sent_bytes.n += nbytes
 
     def recovery(self, recovered: bool) -> None:
         self.recoveries.labels("recovered" if recovered else "not_recovered").inc()
@@ -300,10 +305,12 @@ class Metrics:
 
     def broker_operation(self, operation: str, ok: bool) -> None:
         # Once per publish: the labelled child is looked up once per operation.
-        counter = self._operations.get(operation)
-        if counter is None:
-            counter = self._operations[operation] = self.broker_operations.labels(operation)
-        self._tally.inc(counter)
+        counted = self._operations.get(operation)
+        if counted is None:
+            counted = self._operations[operation] = self._tally.counter(
+                self.broker_operations.labels(operation)
+            )
+        counted.n += 1
         if not ok:
             self.broker_errors.labels(operation).inc()
 
