@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from kizuna.broker import create_broker, redis_pubsub
+from kizuna.broker import create_broker, redis_tap
 from kizuna.broker.redis import RedisBroker
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerError, BrokerUnavailable, ConfigError
@@ -182,11 +182,26 @@ async def test_starting_before_redis_is_up(own_redis: StartRedis, brokers: Redis
     await recorder.count(channel, 1)
 
 
+async def test_the_pubsub_connection_is_read_in_the_transports_callback(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    """The fast path (broker/redis_tap.py) is the one taken when hiredis is there."""
+    broker, recorder = await brokers.start(redis_server.url)
+    channel = unique()
+    await broker.subscribe(channel)
+    [subscriber] = broker._subscribers.values()
+    assert subscriber._conn is not None
+    transport = subscriber._conn._writer.transport  # type: ignore[union-attr]
+    assert isinstance(transport.get_protocol(), redis_tap._Tap)
+    await broker.publish(channel, pub(), HISTORY)
+    await recorder.count(channel, 1)
+
+
 async def test_the_portable_read_path_delivers_the_same(
     redis_server: RedisProcess, brokers: RedisBrokers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the hiredis fast path (no hiredis, or redis-py internals moved)."""
-    monkeypatch.setattr(redis_pubsub, "hiredis_source", lambda conn: None)
+    monkeypatch.setattr(redis_tap, "hiredis_source", lambda conn: None)
     broker, recorder = await brokers.start(redis_server.url)
     channel = unique()
     await broker.subscribe(channel)

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
+from kizuna.broker import redis_pipeline
 from kizuna.broker.redis import RedisBroker
 from kizuna.broker.redis_pipeline import PublishPipeline
 from kizuna.broker.redis_scripts import ChannelKeys
@@ -196,3 +197,28 @@ async def test_a_batch_redis_does_not_answer_fails_after_the_timeout_and_the_nex
         assert await asyncio.wait_for(later, 5) == b"later"
     finally:
         await pipeline.close()
+
+
+async def test_commands_beyond_the_in_flight_bound_wait_for_room_and_keep_their_order(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most MAX_IN_FLIGHT commands wait for replies; the rest are written as replies
+    make room, in the order they were sent."""
+    monkeypatch.setattr(redis_pipeline, "MAX_IN_FLIGHT", 10)
+    pipeline = PublishPipeline(
+        lambda: Connection(host="127.0.0.1", port=redis_server.port), timeout=5.0
+    )
+    waiting: list[int] = []
+    on_reply = pipeline._on_reply
+
+    def counting(reply: object) -> None:
+        waiting.append(len(pipeline._in_flight))
+        on_reply(reply)
+
+    monkeypatch.setattr(pipeline, "_on_reply", counting)
+    try:
+        replies = await asyncio.gather(*(pipeline.send("ECHO", str(i)) for i in range(250)))
+    finally:
+        await pipeline.close()
+    assert replies == [str(i).encode() for i in range(250)]
+    assert max(waiting) == 10  # full, never over

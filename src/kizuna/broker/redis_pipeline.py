@@ -18,36 +18,38 @@ Theory of operation
    Redis's order is fixed. Callers that call in order (one client's publishes,
    in command order) are applied in that order without waiting for each
    other's replies — per-channel order holds.
-2. One writer task exists while the queue is not empty. It takes what is
-   queued (at most :data:`MAX_BATCH`), writes it to its own connection in one
-   write, reads the replies in order and resolves each future as its reply
-   arrives. Meanwhile new commands accumulate: the batch grows with the load,
-   so at high rates one syscall carries many publishes, and at low rates a
-   publish costs one round trip, as before.
-3. One batch at a time, on one connection: Redis runs one connection's
-   commands in order, so when a reply arrives its command — and every command
-   sent before it — has been applied. A client told "published" can read the
-   publication back on any connection (read-your-writes), and a publication
-   whose reply was not read is never reported as published.
-4. Failures: when the connection fails or a batch is not answered within
-   ``timeout`` (the broker's ``socket_timeout``; checked by one watchdog timer
-   every ``timeout / 2``, so a batch fails after between 1 and 1.5 ``timeout``:
-   a timeout of its own cost each batch a timer and a ``getpid`` syscall, about
-   4 µs — per publish when publishes come one at a time), every command whose reply
-   was not read fails with :class:`BrokerUnavailable` — it may or may not have
-   been applied, exactly as with a reply lost before — and the connection is
-   dropped; the next batch connects anew. Nothing is retried: a retried
-   publish could publish twice (clients that care send an idempotency key).
-   Such a refused command may even be applied after later ones, if Redis
-   still reads it from the dropped connection: order is promised for what
-   was reported published, and offsets tell subscribers the order applied.
-   An error reply fails only its own command (translated as in
-   redis_client.Calls); no redis-py exception leaves this module.
+2. At the end of the loop turn (one ``call_soon`` for however many sends) what
+   is queued is written to the pipeline's own connection in one write, and
+   moves to the in-flight line. Replies are read in the transport's callback
+   (redis_tap.py): each resolves the future at the head of the line — no task
+   per batch, no task wake per read. At high rates one write carries many
+   publishes; at low rates a publish costs one round trip, as before. At most
+   :data:`MAX_IN_FLIGHT` commands wait for their replies; the rest stay queued
+   until replies make room, so a slow Redis is not buried in writes.
+3. One connection: Redis runs one connection's commands in order, so when a
+   reply arrives its command — and every command sent before it — has been
+   applied. A client told "published" can read the publication back on any
+   connection (read-your-writes), and a publication whose reply was not read is
+   never reported as published.
+4. Failures: when the connection ends (Redis stopped, network cut), or Redis
+   answers nothing for ``timeout`` while commands wait (the broker's
+   ``socket_timeout``; checked by one watchdog timer every ``timeout / 2``, so
+   this is noticed after between 1 and 1.5 ``timeout``: a timeout of its own cost
+   each batch a timer and a ``getpid`` syscall), every command in flight fails
+   with :class:`BrokerUnavailable` — it may or may not have been applied,
+   exactly as with a reply lost before — and the connection is dropped; what is
+   still queued goes to a new connection. A failed connect fails what waited for
+   it. Nothing is retried: a retried publish could publish twice (clients that
+   care send an idempotency key). Such a refused command may even be applied
+   after later ones, if Redis still reads it from the dropped connection: order
+   is promised for what was reported published, and offsets tell subscribers
+   the order applied. An error reply fails only its own command (translated as
+   in redis_client.Calls); no redis-py exception leaves this module.
 5. Scripts run with EVALSHA. The script is loaded (SCRIPT LOAD, in the same
-   write) before the first batch on a connection that uses it, and again after
-   a NOSCRIPT reply (SCRIPT FLUSH, or a failover to a server that never saw
-   it); the publish that got NOSCRIPT fails with BrokerUnavailable rather than
-   being retried behind publications that were sent after it.
+   write) before the first EVALSHA on a connection, and again after a NOSCRIPT
+   reply (SCRIPT FLUSH, or a failover to a server that never saw it); the
+   publish that got NOSCRIPT fails with BrokerUnavailable rather than being
+   retried behind publications that were sent after it.
 
 Only standalone Redis uses it; Redis Cluster keeps redis-py's cluster client,
 which routes each command to its slot's owner (see redis.py).
@@ -58,37 +60,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
-from kizuna.broker.redis_client import UNAVAILABLE
-from kizuna.broker.redis_pubsub import hiredis_source
+from kizuna.broker.redis_client import UNAVAILABLE, open_connection
+from kizuna.broker.redis_tap import tap
 from kizuna.exceptions import BrokerError, BrokerUnavailable
 
-try:  # hiredis (the redis extra) reads replies and packs commands in C
+try:  # hiredis (the redis extra) packs commands in C
     from hiredis import pack_command
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA
 except ImportError:  # pragma: no cover - hiredis is part of the redis extra
     pack_command = None  # type: ignore[assignment]
-    NOT_ENOUGH_DATA = None
 
-__all__ = ["MAX_BATCH", "PublishPipeline"]
+__all__ = ["MAX_IN_FLIGHT", "PublishPipeline"]
 
 log = logging.getLogger("kizuna.broker.redis")
 
-MAX_BATCH = 1000
-"""Most commands written at once: bounds one batch's bytes and the work one timeout covers."""
+MAX_IN_FLIGHT = 1000
+"""Most commands waiting for their replies: bounds what one timeout fails and what one
+connection's write buffer holds."""
 
-_READ_SIZE = 65536
 _EVALSHA = "EVALSHA"
 
 Command = tuple[Any, ...]
 Convert = Callable[[Any], Any]
 """Turns a command's reply into its future's result (send's ``convert``)."""
+Waiting = tuple[asyncio.Future[Any] | None, Convert | None]
+"""A command in flight: its future (None: the pipeline's own SCRIPT LOAD) and converter."""
 
 
 class PublishPipeline:
@@ -106,16 +109,20 @@ class PublishPipeline:
         self._timeout = timeout or None
         self._script = script
         self._queue: list[tuple[Command, asyncio.Future[Any], Convert | None]] = []
-        self._writer: asyncio.Task[None] | None = None
+        """Sent, not yet written, in order."""
+        self._in_flight: deque[Waiting] = deque()
+        """Written, waiting for their replies, in order (module doc, 2)."""
         self._conn: AbstractConnection | None = None
+        self._ended: asyncio.Future[None] | None = None
+        """Finishes when the connection ends (redis_tap.tap)."""
+        self._connecting: asyncio.Task[None] | None = None
+        self._write_pending = False
         self._script_loaded = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._in_flight_since: float | None = None
-        """When the batch being exchanged started (loop time); None between batches."""
+        self._answered_at = 0.0
+        """When Redis last answered, or the line last went from empty to waiting (loop time)."""
         self._watchdog: asyncio.TimerHandle | None = None
-        self._timed_out = False
-        """The watchdog cancelled the writer: its CancelledError means "timed out"."""
 
     def send(self, *command: Any, convert: Convert | None = None) -> asyncio.Future[Any]:
         """Queue ``command``; the future gets its reply (``convert(reply)`` if given), or a
@@ -133,10 +140,9 @@ class PublishPipeline:
             future.set_exception(BrokerUnavailable("redis broker is closed"))
             return future
         self._queue.append((command, future, convert))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write())
-            if self._watchdog is None and self._timeout is not None:
-                self._watchdog = loop.call_later(self._timeout / 2, self._watch)
+        if not self._write_pending:
+            self._write_pending = True
+            loop.call_soon(self._write)
         return future
 
     def send_script(
@@ -147,131 +153,131 @@ class PublishPipeline:
         return self.send(_EVALSHA, self._script[0], len(keys), *keys, *args, convert=convert)
 
     async def close(self) -> None:
-        """Fail what is queued, stop the writer, drop the connection."""
+        """Fail what is queued and in flight, stop connecting, drop the connection."""
         self._closed = True
-        self._timed_out = False  # a cancel from here on is close's own
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        writer = self._writer
-        if writer is not None:
-            writer.cancel()
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        self._fail(self._queue, BrokerUnavailable("redis broker is closed"))
+                await connecting
+        closed = BrokerUnavailable("redis broker is closed")
+        self._fail_in_flight(closed)
+        self._fail(self._queue, closed)
         self._queue = []
         self._drop()
 
-    # --- the writer ----------------------------------------------------------------------
+    # --- writing -------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        """Write what is queued, as far as the in-flight line has room (module doc, 2)."""
+        self._write_pending = False
+        if not self._queue or self._closed:
+            return
+        conn = self._conn
+        if conn is None or self._ended is None or self._ended.done():
+            if self._connecting is None:
+                assert self._loop is not None
+                self._connecting = self._loop.create_task(self._reconnect())
+            return
+        room = MAX_IN_FLIGHT - len(self._in_flight)
+        if room <= 0:
+            return  # the replies that make room write the rest (_on_reply)
+        batch = self._queue[:room]
+        del self._queue[:room]
+        commands = [command for command, _, _ in batch]
+        in_flight = self._in_flight
+        if not in_flight:
+            assert self._loop is not None
+            self._answered_at = self._loop.time()
+            self._watch_soon()
+        script = self._script
+        if script is not None and not self._script_loaded and _uses_script(commands):
+            commands.insert(0, ("SCRIPT", "LOAD", script[1]))
+            in_flight.append((None, None))
+            self._script_loaded = True  # a failed load shows as NOSCRIPT: loaded again
+        in_flight.extend((future, convert) for _, future, convert in batch)
+        try:
+            _send(conn, _pack(conn, commands))
+        except Exception as exc:  # the transport is gone: what was written is in flight
+            self._lost(BrokerUnavailable(f"redis unavailable: {exc!r}"))
+
+    async def _reconnect(self) -> None:
+        """A new connection for what is queued: there was none, or it ended."""
+        self._drop()
+        # Normally failed already (_on_end); replies to these cannot come on a new connection.
+        self._fail_in_flight(BrokerUnavailable("redis unavailable: the connection ended"))
+        conn = self._connect()
+        self._script_loaded = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await open_connection(conn)
+            ended = await tap(conn, self._on_reply)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            error = BrokerUnavailable(f"redis unavailable: {exc!r}")
+            error.__cause__ = exc
+            queued, self._queue = self._queue, []
+            self._fail(queued, error)
+            return
+        finally:
+            self._connecting = None
+        self._conn, self._ended = conn, ended
+        ended.add_done_callback(self._on_end)
+        self._write()
+
+    # --- replies -------------------------------------------------------------------------
+
+    def _on_reply(self, reply: Any) -> None:
+        """One reply, in the transport's callback: it answers the head of the line."""
+        future, convert = self._in_flight.popleft()
+        assert self._loop is not None
+        self._answered_at = self._loop.time()
+        if future is None:  # SCRIPT LOAD
+            if isinstance(reply, Exception):
+                log.warning("redis: loading the publish script failed: %s", reply)
+        elif not future.done():  # done: the caller gave up; the command ran anyway
+            if isinstance(reply, Exception):
+                future.set_exception(self._failure(reply))
+            elif convert is None:
+                future.set_result(reply)
+            else:
+                _resolve(future, convert, reply)
+        if self._queue and not self._write_pending and len(self._in_flight) < MAX_IN_FLIGHT:
+            self._write_pending = True
+            self._loop.call_soon(self._write)
+
+    def _on_end(self, ended: asyncio.Future[None]) -> None:
+        """The connection ended: what waits for a reply will not get one (module doc, 4)."""
+        if ended is not self._ended:
+            return  # an earlier connection's end, already handled
+        exc = None if ended.cancelled() else ended.exception()
+        self._lost(BrokerUnavailable(f"redis unavailable: {exc or 'connection closed'!r}"))
+
+    def _lost(self, error: BrokerError) -> None:
+        self._drop()
+        self._fail_in_flight(error)
+        if self._queue and not self._closed and not self._write_pending:
+            self._write_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self._write)
+
+    def _watch_soon(self) -> None:
+        if self._watchdog is None and self._timeout is not None and self._loop is not None:
+            self._watchdog = self._loop.call_later(self._timeout / 2, self._watch)
 
     def _watch(self) -> None:
-        """Every ``timeout / 2`` while a writer runs: cancel a batch that has waited too long."""
+        """Every ``timeout / 2`` while commands wait: drop a connection that stopped answering."""
         self._watchdog = None
-        writer, since, loop = self._writer, self._in_flight_since, self._loop
-        if writer is None or loop is None or self._timeout is None:
-            return  # idle: the next send starts the watchdog again
-        if since is not None and loop.time() - since > self._timeout and not self._timed_out:
-            self._timed_out = True
-            writer.cancel()
-        self._watchdog = loop.call_later(self._timeout / 2, self._watch)
-
-    async def _write(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
-                await self._exchange(batch)
-        finally:
-            self._writer = None
-
-    async def _exchange(
-        self, batch: list[tuple[Command, asyncio.Future[Any], Convert | None]]
-    ) -> None:
-        """Write ``batch``, resolve each future from its reply (module doc, 2 and 4)."""
-        answered = 0
-        assert self._loop is not None
-        self._in_flight_since = self._loop.time()
-        try:
-            # No timeout here: the watchdog (_watch) bounds the exchange.
-            conn = self._conn
-            if conn is None or not _usable(conn):
-                conn = await self._reconnect()
-            commands = [command for command, _, _ in batch]
-            load = self._script is not None and not self._script_loaded
-            load = load and any(command[0] is _EVALSHA for command in commands)
-            if load:
-                assert self._script is not None
-                commands.insert(0, ("SCRIPT", "LOAD", self._script[1]))
-            drain = self._send(conn, _pack(conn, commands))
-            if drain is not None:
-                await drain
-            replies = _Replies(conn)
-            if load:
-                reply = await replies.next()
-                if isinstance(reply, Exception):
-                    raise reply
-                self._script_loaded = True
-            for _, future, convert in batch:
-                reply = replies.ready()
-                if reply is NOT_ENOUGH_DATA:
-                    reply = await replies.next()
-                answered += 1
-                if future.done():  # the caller gave up waiting; the command ran anyway
-                    continue
-                if isinstance(reply, Exception):
-                    future.set_exception(self._failure(reply))
-                elif convert is None:
-                    future.set_result(reply)
-                else:
-                    _resolve(future, convert, reply)
-        except BaseException as exc:
-            self._drop()
-            timed_out = self._timed_out and isinstance(exc, asyncio.CancelledError)
-            if timed_out:
-                self._timed_out = False
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()  # the watchdog's cancel, not the caller's: carry on
-                error: BrokerError = BrokerUnavailable(
-                    f"redis did not answer within {self._timeout} s"
-                )
-            elif isinstance(exc, (*UNAVAILABLE, asyncio.CancelledError)):
-                error = BrokerUnavailable(f"redis unavailable: {exc!r}")
-            else:
-                if not isinstance(exc, RedisError):
-                    log.exception("redis: publishing a batch failed")
-                error = BrokerError(f"redis error: {exc!r}")
-            error.__cause__ = exc
-            self._fail(batch[answered:], error)
-            if isinstance(exc, asyncio.CancelledError) and not timed_out:
-                raise
-        finally:
-            self._in_flight_since = None
-
-    async def _reconnect(self) -> AbstractConnection:
-        """A new connection: there was none, or it was closed meanwhile."""
-        self._drop()
-        conn = self._connect()
-        self._conn = conn
-        self._script_loaded = False
-        await conn.connect()  # type: ignore[no-untyped-call]
-        return conn
-
-    @staticmethod
-    def _send(conn: AbstractConnection, chunks: list[bytes]) -> Awaitable[None] | None:
-        """One write of every chunk (redis-py's send wraps each write in a task with a timeout).
-
-        Returns what to await before reading the replies: the stream's ``drain`` only when
-        the transport holds a backlog (a coroutine and a check of the socket otherwise).
-        """
-        writer = getattr(conn, "_writer", None)
-        if not isinstance(writer, asyncio.StreamWriter):  # pragma: no cover - redis-py changed
-            return conn.send_packed_command(chunks, check_health=False)
-        writer.writelines(chunks)
-        transport = writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size():
-            return writer.drain()
-        return None
+        if not self._in_flight or self._loop is None or self._timeout is None:
+            return  # idle: the next write starts the watchdog again
+        if self._loop.time() - self._answered_at > self._timeout:
+            self._lost(BrokerUnavailable(f"redis did not answer within {self._timeout} s"))
+            return
+        self._watch_soon()
 
     def _failure(self, reply: Exception) -> BrokerError:
         error: BrokerError
@@ -285,6 +291,13 @@ class PublishPipeline:
         error.__cause__ = reply
         return error
 
+    def _fail_in_flight(self, error: BrokerError) -> None:
+        waiting, self._in_flight = self._in_flight, deque()
+        for future, _ in waiting:
+            if future is not None and not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved (see _fail)
+
     @staticmethod
     def _fail(
         items: list[tuple[Command, asyncio.Future[Any], Convert | None]], error: BrokerError
@@ -296,6 +309,7 @@ class PublishPipeline:
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self._ended = None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 conn._close()  # type: ignore[no-untyped-call]
@@ -311,6 +325,19 @@ def _resolve(future: asyncio.Future[Any], convert: Convert, reply: Any) -> None:
         future.set_exception(error)
 
 
+def _send(conn: AbstractConnection, chunks: list[bytes]) -> None:
+    """One write of every chunk, now (redis-py's send wraps each write in a task with a
+    timeout). No drain: the in-flight bound (:data:`MAX_IN_FLIGHT`) bounds the buffer."""
+    writer = getattr(conn, "_writer", None)
+    if not isinstance(writer, asyncio.StreamWriter) or writer.transport.is_closing():
+        raise RedisConnectionError("the publish connection is closed")
+    writer.writelines(chunks)
+
+
+def _uses_script(commands: list[Command]) -> bool:
+    return any(command[0] is _EVALSHA for command in commands)
+
+
 def _pack(conn: AbstractConnection, commands: list[Command]) -> list[bytes]:
     """The commands in RESP: hiredis packs one in about 1 µs, redis-py's encoder in 14.
 
@@ -319,53 +346,3 @@ def _pack(conn: AbstractConnection, commands: list[Command]) -> list[bytes]:
     if pack_command is None:  # pragma: no cover - hiredis is part of the redis extra
         return conn.pack_commands(commands)
     return [pack_command(command) for command in commands]
-
-
-def _usable(conn: AbstractConnection) -> bool:
-    """Connected, and not closed by the server while idle (it restarted, or timed us out)."""
-    if not conn.is_connected:
-        return False
-    reader = getattr(conn, "_reader", None)
-    return not (isinstance(reader, asyncio.StreamReader) and reader.at_eof())
-
-
-class _Replies:
-    """Reads one connection's replies in order: over hiredis directly when it can.
-
-    As in redis_pubsub.Subscriber._drain, reading hiredis directly spares
-    ``read_response``'s frames and timeout per reply. Error replies come back
-    as exception objects (redis-py's reader builds them), not raised.
-    """
-
-    __slots__ = ("_conn", "_reader", "_stream")
-
-    def __init__(self, conn: AbstractConnection) -> None:
-        self._conn = conn
-        source = hiredis_source(conn)
-        self._reader: Any = None
-        self._stream: asyncio.StreamReader | None = None
-        if source is not None:
-            self._reader, self._stream = source
-
-    def ready(self) -> Any:
-        """The next reply if it is already read, else ``NOT_ENOUGH_DATA`` (then: :meth:`next`)."""
-        reader = self._reader
-        if reader is None or self._stream is None:
-            return NOT_ENOUGH_DATA
-        return reader.gets()
-
-    async def next(self) -> Any:
-        reader = self._reader
-        if reader is None or self._stream is None:
-            try:
-                return await self._conn.read_response()
-            except ResponseError as exc:
-                return exc
-        reply = reader.gets()
-        while reply is NOT_ENOUGH_DATA:
-            data = await self._stream.read(_READ_SIZE)
-            if not data:
-                raise RedisConnectionError("redis closed the publish connection")
-            reader.feed(data)
-            reply = reader.gets()
-        return reply

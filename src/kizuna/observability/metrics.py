@@ -223,9 +223,7 @@ class Metrics:
         """
         counted = self._children.get((metric, labels))
         if counted is None:
-            counted = self._children[(metric, labels)] = self._tally.counter(
-                metric.labels(*labels)
-            )
+            counted = self._children[(metric, labels)] = self._tally.counter(metric.labels(*labels))
         return counted
 
     def connection_opened(self, transport: str, namespace: str) -> None:
