@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kizuna.core.channels import namespace_of
+
 __all__ = ["ChannelSubscribers", "Hub", "Subscriber"]
 
 
@@ -30,12 +32,14 @@ class Subscriber(Protocol):
 class ChannelSubscribers:
     """The local subscribers of one channel."""
 
-    __slots__ = ("active", "droppable", "epoch", "offset", "pending")
+    __slots__ = ("active", "droppable", "epoch", "namespace", "offset", "pending")
 
-    def __init__(self, droppable: bool = False) -> None:
+    def __init__(self, namespace: str = "", droppable: bool = False) -> None:
         # dicts used as ordered sets: iteration order is subscription order.
         self.active: dict[Subscriber, None] = {}
         self.pending: dict[Subscriber, list[tuple[int, bytes]]] = {}
+        self.namespace = namespace
+        """The channel's namespace (a metrics label of every fan-out), worked out once."""
         self.droppable = droppable
         """The namespace's slow-consumer policy is drop-oldest."""
         self.offset = -1
@@ -98,7 +102,7 @@ class Hub:
         subs = self._channels.get(channel)
         created = subs is None
         if subs is None:
-            subs = self._channels[channel] = ChannelSubscribers(droppable)
+            subs = self._channels[channel] = ChannelSubscribers(namespace_of(channel), droppable)
         subs.pending[client] = []
         return created
 

@@ -608,7 +608,7 @@ class Node:
             if not follows:
                 self.handle_gap(channel)
                 return
-        namespace = namespace_of(channel)
+        namespace = subscribers.namespace
         span = None
         if self.tracing:
             attributes = _messaging(channel, "process")

@@ -241,13 +241,19 @@ def encode_error_reply(cid: int, code: int, message: str) -> bytes:
     return orjson.dumps({"id": cid, "error": {"code": code, "message": message}})
 
 
-def publication_dict(pub: Publication) -> dict[str, Any]:
-    """The JSON object of one publication, as it appears in pushes and history."""
-    out: dict[str, Any] = {"data": orjson.Fragment(pub.data)}
+def publication_dict(pub: Publication, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON object of one publication, as it appears in pushes and history.
+
+    ``into``: a dict to add the publication's fields to (a push's, which comes first
+    in key order) instead of a new one.
+    """
+    out = {} if into is None else into
+    out["data"] = orjson.Fragment(pub.data)
     if pub.offset:
         out["offset"] = pub.offset
-    if pub.info is not None:
-        out["info"] = _info(pub.info)
+    info = pub.info
+    if info is not None:
+        out["info"] = {"user": info.user, "client": info.client}
     return out
 
 
@@ -258,8 +264,7 @@ def encode_publication(pub: Publication) -> orjson.Fragment:
 
 def encode_publication_push(channel: str, pub: Publication, epoch: str | None = None) -> bytes:
     """The push every subscriber of ``channel`` receives. Encoded once per fan-out."""
-    out: dict[str, Any] = {"push": "pub", "channel": channel}
-    out.update(publication_dict(pub))
+    out = publication_dict(pub, {"push": "pub", "channel": channel})
     if epoch and pub.offset:
         out["epoch"] = epoch
     return orjson.dumps(out)
