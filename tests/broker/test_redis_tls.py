@@ -104,7 +104,8 @@ async def tls_closed(url: str) -> None:
         return [
             s
             for s in gc.get_objects()
-            if isinstance(s, socket.socket) and s.fileno() != -1 and _peer_port(s) == port
+            # type(), not isinstance(): gc also lists weak proxies, some of them dead.
+            if type(s) is socket.socket and s.fileno() != -1 and _peer_port(s) == port
         ]
 
     async with asyncio.timeout(10):
