@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,6 +46,15 @@ class RedisBrokers:
     async def close(self) -> None:
         for broker in self.started:
             await broker.close()
+
+
+def pubsub_transport(broker: RedisBroker) -> asyncio.BaseTransport:
+    """The transport under a standalone broker's one Pub/Sub connection (connected)."""
+    [subscriber] = broker._subscribers.values()
+    assert subscriber._conn is not None, "the Pub/Sub connection is not up"
+    writer = subscriber._conn._writer
+    assert writer is not None
+    return writer.transport
 
 
 @pytest.fixture

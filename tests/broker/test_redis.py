@@ -22,7 +22,7 @@ from kizuna.broker.redis import RedisBroker
 from kizuna.core.ports import PublishOptions
 from kizuna.exceptions import BrokerError, BrokerUnavailable, ConfigError
 from kizuna.protocol.messages import ClientInfo, Publication, StreamPosition
-from tests.broker.conftest import RedisBrokers, RedisClusterProcesses
+from tests.broker.conftest import RedisBrokers, RedisClusterProcesses, pubsub_transport
 from tests.broker.contract import (
     HISTORY,
     TIMEOUT,
@@ -189,9 +189,7 @@ async def test_the_pubsub_connection_is_read_in_the_transports_callback(
     broker, recorder = await brokers.start(redis_server.url)
     channel = unique()
     await broker.subscribe(channel)
-    [subscriber] = broker._subscribers.values()
-    assert subscriber._conn is not None
-    transport = subscriber._conn._writer.transport  # type: ignore[union-attr]
+    transport = pubsub_transport(broker)
     assert isinstance(transport.get_protocol(), redis_tap._Tap)
     await broker.publish(channel, pub(), HISTORY)
     await recorder.count(channel, 1)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kizuna.broker import redis_tap
-from tests.broker.conftest import RedisBrokers
+from tests.broker.conftest import RedisBrokers, pubsub_transport
 from tests.broker.contract import HISTORY, pub, unique
 from tests.support.processes import RedisProcess, free_port
 
@@ -77,9 +77,7 @@ async def test_publishes_and_deliveries_over_tls(tls_redis: str, brokers: RedisB
     broker, recorder = await brokers.start(tls_redis)
     channel = unique()
     await broker.subscribe(channel)
-    [subscriber] = broker._subscribers.values()
-    assert subscriber._conn is not None
-    transport = subscriber._conn._writer.transport  # type: ignore[union-attr]
+    transport = pubsub_transport(broker)
     assert transport.get_extra_info("ssl_object") is not None  # TLS, not plain TCP
     assert isinstance(transport.get_protocol(), redis_tap._Tap)
     positions = [await broker.publish(channel, pub(b"%d" % i), HISTORY) for i in range(20)]
