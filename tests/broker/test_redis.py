@@ -195,6 +195,24 @@ async def test_the_pubsub_connection_is_read_in_the_transports_callback(
     await recorder.count(channel, 1)
 
 
+async def test_redis_pys_health_checks_stay_off_the_brokers_own_connections(
+    redis_server: RedisProcess, brokers: RedisBrokers
+) -> None:
+    """``health_check_interval`` in the URL goes to redis-py's pool; on the Pub/Sub and
+    publish connections its check would read a reply that belongs to the broker's reader."""
+    broker, recorder = await brokers.start(redis_server.url + "?health_check_interval=1")
+    first, second = unique(), unique()
+    await broker.subscribe(first)
+    await broker.publish(first, pub(), HISTORY)
+    await asyncio.sleep(1.2)  # past the interval: redis-py would check before the next write
+    await broker.subscribe(second)
+    await broker.publish(second, pub(), HISTORY)
+    await broker.publish(first, pub(), HISTORY)
+    await recorder.count(first, 2)
+    await recorder.count(second, 1)
+    assert broker.reconnects == 0
+
+
 async def test_the_portable_read_path_delivers_the_same(
     redis_server: RedisProcess, brokers: RedisBrokers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -350,6 +350,9 @@ class RedisBroker:
             connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
         kwargs["client_name"] = f"{self._options.prefix}-{role}"
         kwargs["protocol"] = 2  # messages and replies as plain arrays, read by our own loops
+        # Our readers take every reply (redis_tap.py); redis-py's health check would read one
+        # itself before a write. These connections have their own: PING, and the watchdog.
+        kwargs["health_check_interval"] = 0
         connection: AbstractConnection = connection_class(**kwargs)
         return connection
 
