@@ -1,10 +1,12 @@
-"""Pub/Sub connections of the Redis broker: one per Redis server, one reader task each.
+"""Pub/Sub connections of the Redis broker: one per Redis server, one reader each.
 
 Theory of operation
 -------------------
 A :class:`Subscriber` owns one connection to one Redis server and the set of
-Pub/Sub channels that should be subscribed on it. One task reads the
-connection; every other task only *writes* to it (SUBSCRIBE, UNSUBSCRIBE,
+Pub/Sub channels that should be subscribed on it. One reader takes everything
+the connection receives — a task while it (re)connects and resubscribes, then
+the transport's callback (redis_tap.py), while the task waits for the
+connection's end; everything else only *writes* to it (SUBSCRIBE, UNSUBSCRIBE,
 PING). Redis answers commands in the order it received them, interleaved with
 messages, so the reader can attribute each confirmation (or error) to the
 command at the head of :attr:`Subscriber._inflight`.
