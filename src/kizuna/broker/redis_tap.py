@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - hiredis is part of the redis extra
     hiredis = None  # type: ignore[assignment]
     NOT_ENOUGH_DATA = None
 
-__all__ = ["NOT_ENOUGH_DATA", "hiredis_source", "tap"]
+__all__ = ["hiredis_source", "tap"]
 
 OnReply = Callable[[Any], None]
 """Called with each complete reply, in order; an error reply is an exception object."""
